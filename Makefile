@@ -1,0 +1,43 @@
+# dnsd: `make run` serves the embedded default; `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8600
+# Debian packages the tests drive for real: dig, dnsmasq (upstream and peer),
+# ZooKeeper (the registry), iproute2 (network namespaces for glibc clients).
+DEBS   := dnsutils dnsmasq-base zookeeperd iproute2 python3-venv
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps venv lint typecheck unit bench clean
+
+$(BIN)/dnsd: pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) || { $(MAKE) deps && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/dnsd
+
+run: $(BIN)/dnsd
+	$(BIN)/dnsd --listen 127.0.0.1:$(PORT) --static resolv-examples/services.toml
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+lint: $(BIN)/dnsd
+	$(BIN)/ruff check dnsd tests
+	$(BIN)/mypy dnsd
+
+test: deps $(BIN)/dnsd lint
+	$(BIN)/python -m pytest -q
+
+bench: deps $(BIN)/dnsd
+	$(BIN)/python -m tests.perf.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,337 @@
+"""Answers for dnsd's zones: (question, snapshot) -> records and rcode, or "not ours".
+
+This is the one place that decides rcodes for in-zone names (see
+:meth:`Answerer.lookup`). It is pure apart from its cache of built answers, which
+is keyed by snapshot version: a new snapshot empties it for free. Records are
+built once per (snapshot, name, type) and rendered per query by :func:`render`,
+which rotates and fits them. Imports: ``model``, ``names``, ``records``,
+``table``, ``wire``.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dnsd import records as rr
+from dnsd.model import AddressKind, Health, Instance
+from dnsd.names import ZoneName, hex_address, parse_reverse, parse_zone_name, split_zone
+from dnsd.table import Snapshot
+from dnsd.wire import AA, CD, NOERROR, NXDOMAIN, QR, RA, RD, TC, TYPE_OPT, Query
+
+CLASS_ANY = 255
+MAX_UDP = 1232    # DNS flag day 2020: the EDNS0 size that avoids IP fragmentation
+MIN_UDP = 512     # RFC 1035 4.2.1
+MAX_CACHED = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSettings:
+    """What the answer side needs from the configuration."""
+
+    domains: tuple[str, ...] = ("consul",)
+    ttl: int = 0
+    negative_ttl: int = 0
+    only_passing: bool = False
+    ns_addresses: tuple[str, ...] = ()  # glue for ns.<domain>: the listen addresses
+
+
+@dataclass(slots=True)
+class AnswerSet:
+    """Built records for one (name, type) under one snapshot.
+
+    ``extras[i]`` holds the additional records that go with ``answers[i]`` (SRV
+    targets' addresses), so that what survives truncation stays consistent.
+    ``pick_one``: only one of the answers is sent (a CNAME), chosen by rotation.
+    ``_turn`` is this set's own rotation counter; nothing shared is shuffled.
+    """
+
+    rcode: int
+    answers: tuple[bytes, ...] = ()
+    authority: tuple[bytes, ...] = ()
+    extras: tuple[tuple[bytes, ...], ...] = ()
+    additional: tuple[bytes, ...] = ()
+    pick_one: bool = False
+    _turn: int = field(default=0)
+
+    def next_turn(self) -> int:
+        """The rotation offset for the next reply: each record leads in turn."""
+        turn = self._turn
+        self._turn = turn + 1
+        return turn % len(self.answers) if self.answers else 0
+
+
+def healthy(inst: Instance, only_passing: bool) -> bool:
+    """Consul's rule: critical is never answered; warning unless only-passing."""
+    if inst.health is Health.CRITICAL:
+        return False
+    return not (only_passing and inst.health is Health.WARNING)
+
+
+def _dedupe(items: Sequence[bytes]) -> tuple[bytes, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+class Answerer:
+    """Builds and caches in-zone answers. One per process; call on the loop thread."""
+
+    def __init__(self, settings: ZoneSettings, now: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._now = now
+        self._zones = tuple(tuple(d.encode("ascii").split(b".")) for d in settings.domains)
+        self._version = -1
+        self._cache: dict[tuple[bytes, int], AnswerSet | None] = {}
+
+    def lookup(self, query: Query, snapshot: Snapshot) -> AnswerSet | None:
+        """The answer for ``query``, or None when the name is not ours.
+
+        The rcode contract for names in dnsd's zones:
+        - a known name with records of the asked type: NOERROR with them (AA);
+        - a known name without that type (a service with no IPv6 instance asked
+          AAAA, the apex asked A): NOERROR, no answers, SOA in authority. Never
+          NXDOMAIN: musl drops the A answer when the parallel AAAA is NXDOMAIN;
+        - an unknown service, node or datacenter, a service whose every instance
+          is unhealthy or lacks the asked tag, and a name that parses as nothing:
+          NXDOMAIN with the SOA, as Consul answers.
+        A PTR name outside the zones is ours only when the address is in the
+        table. Class, opcode and EDNS errors are the handler's to answer.
+        """
+        if snapshot.version != self._version:
+            self._cache.clear()
+            self._version = snapshot.version
+        cache_key = (query.key, query.qtype)
+        try:
+            return self._cache[cache_key]
+        except KeyError:
+            pass
+        result = self._build(query, snapshot)
+        if len(self._cache) >= MAX_CACHED:  # a flood of random names: start over
+            self._cache.clear()
+        self._cache[cache_key] = result
+        return result
+
+    # --- building ---------------------------------------------------------
+
+    def _build(self, query: Query, snapshot: Snapshot) -> AnswerSet | None:
+        labels = query.labels()
+        found = split_zone(labels, self._zones)
+        if found is None:
+            if query.qtype in (rr.T_PTR, rr.T_ANY):
+                return self._reverse(labels, snapshot)
+            return None
+        index, relative = found
+        zone = self.settings.domains[index]
+        parsed = parse_zone_name(relative, zone)
+        builder = _Builder(self.settings, zone, query.qtype, snapshot, int(self._now()))
+        return builder.build(parsed)
+
+    def _reverse(self, labels: list[bytes], snapshot: Snapshot) -> AnswerSet | None:
+        address = parse_reverse(labels)
+        if address is None:
+            return None
+        entries = snapshot.reverse.get(address)
+        if not entries:
+            return None
+        zone = self.settings.domains[0]
+        targets = [f"{e.name}.{e.kind}.{e.datacenter}.{zone}" for e in entries]
+        return AnswerSet(NOERROR, _dedupe(
+            [rr.ptr(rr.QNAME_POINTER, self.settings.ttl, t) for t in targets]))
+
+
+class _Builder:
+    """Builds one AnswerSet; a throwaway object so the helpers share context."""
+
+    def __init__(self, settings: ZoneSettings, zone: str, qtype: int, snapshot: Snapshot,
+                 now: int) -> None:
+        self.s = settings
+        self.zone = zone
+        self.qtype = qtype
+        self.snapshot = snapshot
+        self.now = now
+        self.ttl = settings.ttl
+
+    # the two negative outcomes, both with the SOA in authority (RFC 2308 3)
+    def soa(self) -> bytes:
+        return rr.soa(rr.name(self.zone), self.zone, self.now, self.s.negative_ttl)
+
+    def nxdomain(self) -> AnswerSet:
+        return AnswerSet(NXDOMAIN, authority=(self.soa(),))
+
+    def nodata(self) -> AnswerSet:
+        return AnswerSet(NOERROR, authority=(self.soa(),))
+
+    def wants(self, rtype: int) -> bool:
+        return self.qtype == rtype or self.qtype == rr.T_ANY
+
+    def build(self, parsed: ZoneName) -> AnswerSet:
+        if parsed.kind == "apex":
+            return self.apex()
+        if parsed.kind == "ns":
+            return self.addresses(list(self.s.ns_addresses))
+        dc = parsed.datacenter or self.snapshot.local_datacenter
+        if parsed.kind == "addr":
+            return self.addresses([parsed.address])
+        if dc not in self.snapshot.datacenters:
+            return self.nxdomain()
+        if parsed.kind == "service":
+            return self.service(parsed, dc)
+        if parsed.kind == "node":
+            node = self.snapshot.nodes.get((dc, parsed.name))
+            if node is None:
+                return self.nxdomain()
+            if node.address_kind is AddressKind.HOSTNAME:
+                return AnswerSet(NOERROR, (rr.cname(rr.QNAME_POINTER, self.ttl, node.address),))
+            return self.addresses([node.address] if node.address else [])
+        return self.nxdomain()
+
+    def apex(self) -> AnswerSet:
+        answers: list[bytes] = []
+        additional: list[bytes] = []
+        if self.wants(rr.T_SOA):
+            answers.append(rr.soa(rr.QNAME_POINTER, self.zone, self.now, self.s.negative_ttl))
+        if self.wants(rr.T_NS):
+            answers.append(rr.ns(rr.QNAME_POINTER, self.ttl, f"ns.{self.zone}"))
+            glue = rr.name(f"ns.{self.zone}")
+            additional.extend(rr.address(glue, self.ttl, ip) for ip in self.s.ns_addresses)
+        if not answers:
+            return self.nodata()
+        return AnswerSet(NOERROR, tuple(answers), additional=tuple(additional))
+
+    def addresses(self, ips: list[str]) -> AnswerSet:
+        """A/AAAA answers for a name that exists; NODATA when none of the type."""
+        records = []
+        for ip in ips:
+            is_v6 = ":" in ip
+            if (self.wants(rr.T_AAAA) if is_v6 else self.wants(rr.T_A)):
+                records.append(rr.address(rr.QNAME_POINTER, self.ttl, ip))
+        if not records:
+            return self.nodata()
+        return AnswerSet(NOERROR, _dedupe(records))
+
+    def service(self, parsed: ZoneName, dc: str) -> AnswerSet:
+        group = self.snapshot.services.get((dc, parsed.name), ())
+        tag = parsed.tag
+        live = [i for i in group if healthy(i, self.s.only_passing)
+                and (tag is None or any(t.lower() == tag for t in i.tags))]
+        if not live:
+            return self.nxdomain()
+        if self.qtype == rr.T_SRV:
+            return self.srv(live, dc)
+        ips = [i.effective_address for i in live
+               if i.effective_kind in (AddressKind.IPV4, AddressKind.IPV6)]
+        if not ips:
+            hosts = _dedupe([rr.cname(rr.QNAME_POINTER, self.ttl, i.effective_address)
+                             for i in live if i.effective_kind is AddressKind.HOSTNAME])
+            if hosts:  # an external service: one CNAME, rotated among the hosts
+                return AnswerSet(NOERROR, hosts, pick_one=True)
+        return self.addresses(ips)
+
+    def srv(self, live: list[Instance], dc: str) -> AnswerSet:
+        answers: list[bytes] = []
+        extras: list[tuple[bytes, ...]] = []
+        for inst in live:
+            extra: tuple[bytes, ...] = ()
+            if inst.address_kind is AddressKind.HOSTNAME:
+                target = inst.address
+            elif inst.address:
+                target = f"{hex_address(inst.address)}.addr.{dc}.{self.zone}"
+                extra = (rr.address(rr.name(target), self.ttl, inst.address),)
+            else:
+                target = f"{inst.node.lower()}.node.{dc}.{self.zone}"
+                if inst.node_address_kind in (AddressKind.IPV4, AddressKind.IPV6):
+                    extra = (rr.address(rr.name(target), self.ttl, inst.node_address),)
+                elif inst.node_address_kind is AddressKind.HOSTNAME:
+                    extra = (rr.cname(rr.name(target), self.ttl, inst.node_address),)
+            record = rr.srv(rr.QNAME_POINTER, self.ttl, 1, inst.weight, inst.port, target)
+            if record in answers:
+                continue
+            answers.append(record)
+            extras.append(extra)
+        return AnswerSet(NOERROR, tuple(answers), extras=tuple(extras))
+
+
+def opt_record(udp_size: int, do: bool, ext_rcode: int = 0) -> bytes:
+    """Our EDNS0 OPT record (RFC 6891 6.1.2): version 0, DO echoed (RFC 3225 3)."""
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + struct.pack("!HHIH", TYPE_OPT, udp_size, ttl, 0)
+
+
+def udp_limit(query: Query) -> int:
+    """How large a UDP reply to this query may be."""
+    if query.edns is None:
+        return MIN_UDP
+    return max(MIN_UDP, min(query.edns.udp_size, MAX_UDP))
+
+
+def reply_flags(query: Query, rcode: int, *, aa: bool, ra: bool, tc: bool = False) -> int:
+    flags = QR | (query.flags & (0x7800 | RD | CD)) | (rcode & 0xF)
+    if aa:
+        flags |= AA
+    if ra:
+        flags |= RA
+    if tc:
+        flags |= TC
+    return flags
+
+
+def render(query: Query, answer: AnswerSet, *, limit: int, answer_cap: int = 0,
+           ra: bool = False) -> bytes:
+    """The reply to ``query``: rotated, capped, and fitted into ``limit`` bytes.
+
+    Whole records only. Additional records are dropped first, without TC (RFC
+    2181 9: they are optional); when answer or authority records do not fit,
+    as many as fit are kept and TC is set so the client retries over TCP.
+    ``answer_cap`` (Consul's udp_answer_limit) trims answers without TC.
+    """
+    answers = answer.answers
+    extras = answer.extras
+    if len(answers) > 1:
+        turn = answer.next_turn()
+        if turn:
+            answers = answers[turn:] + answers[:turn]
+            if extras:
+                extras = extras[turn:] + extras[:turn]
+        if answer.pick_one:
+            answers = answers[:1]
+        if answer_cap and len(answers) > answer_cap:
+            answers = answers[:answer_cap]
+    opt = opt_record(MAX_UDP, query.edns.do) if query.edns is not None else b""
+    size = 12 + len(query.question) + len(opt)
+    tc = False
+    kept_answers: list[bytes] = []
+    for record in answers:
+        size += len(record)
+        if size > limit:
+            tc = True
+            size -= len(record)
+            break
+        kept_answers.append(record)
+    kept_authority: list[bytes] = []
+    kept_additional: list[bytes] = []
+    if not tc:
+        for record in answer.authority:
+            size += len(record)
+            if size > limit:
+                tc = True
+                size -= len(record)
+                break
+            kept_authority.append(record)
+    if not tc:
+        pending = list(answer.additional)
+        if extras:
+            pending = [r for group in extras[:len(kept_answers)] for r in group] + pending
+        seen: set[bytes] = set()
+        for record in pending:
+            if record in seen:
+                continue
+            seen.add(record)
+            if size + len(record) <= limit:
+                size += len(record)
+                kept_additional.append(record)
+    flags = reply_flags(query, answer.rcode, aa=True, ra=ra, tc=tc)
+    header = struct.pack("!HHHHHH", query.id, flags, 1, len(kept_answers),
+                         len(kept_authority), len(kept_additional) + (1 if opt else 0))
+    return b"".join((header, query.question, *kept_answers, *kept_authority,
+                     *kept_additional, opt))

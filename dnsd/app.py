@@ -1,0 +1,247 @@
+"""The app: wires config, sources, table, answerer, forwarder, handler and
+servers together, and runs the lifecycle (start, reload on SIGHUP, graceful
+shutdown on SIGTERM/SIGINT). The only module that knows every other one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnsd.answer import Answerer, ZoneSettings
+from dnsd.config import Config, HostPort
+from dnsd.handler import Forwarder, Handler
+from dnsd.model import View
+from dnsd.server import TcpLimits, TcpProtocol, Tasks, UdpProtocol
+from dnsd.sources.base import Source, SourceState
+from dnsd.sources.static import StaticSource
+from dnsd.table import Snapshot, Table
+
+log = logging.getLogger("dnsd")
+
+SHUTDOWN_GRACE = 2.0
+SOURCE_RESTART_DELAY = 1.0
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class SourceStatus:
+    state: SourceState = SourceState.SYNCING
+    reason: str = ""
+    has_data: bool = False  # a view (live or restored from --state-dir) is being served
+
+
+@dataclass
+class Listener:
+    host: str
+    port: int
+    udp: asyncio.DatagramTransport
+    tcp: asyncio.AbstractServer
+
+
+@dataclass
+class App:
+    """One dnsd process."""
+
+    config: Config
+    table: Table = field(init=False)
+    statuses: dict[str, SourceStatus] = field(default_factory=dict)
+    listeners: list[Listener] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        fixed = cfg.datacenter_set or cfg.consul is None
+        self.table = Table(cfg.datacenter, datacenter_fixed=fixed)
+        self.tasks = Tasks()
+        self.tcp_limits = TcpLimits()
+        self.static_sources = [StaticSource(path, cfg.node_name, cfg.datacenter)
+                               for path in cfg.static]
+        self.sources: list[Source] = [*self.static_sources, *self._registry_sources()]
+        for source in self.sources:
+            self.statuses[source.name] = SourceStatus()
+        self.forwarder: Any = self._forwarder()
+        ns_addresses = tuple(host for host, _ in cfg.listen
+                             if not ipaddress.ip_address(host).is_unspecified)
+        self.answerer = Answerer(ZoneSettings(
+            domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
+            only_passing=cfg.only_passing, ns_addresses=ns_addresses))
+        self.handler = Handler(self.table, self.answerer, self.forwarder,
+                               cfg.allow_recursion, udp_answer_limit=cfg.udp_answer_limit,
+                               log_queries=cfg.query_log)
+        self._source_tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.table.subscribe(self._swapped)
+
+    # --- construction helpers ------------------------------------------------
+
+    def _registry_sources(self) -> list[Source]:
+        sources: list[Source] = []
+        return sources
+
+    def _forwarder(self) -> Forwarder | None:
+        return None
+
+    # --- the Sink the sources report to -------------------------------------
+
+    def publish(self, source: str, view: View) -> None:
+        status = self.statuses.setdefault(source, SourceStatus())
+        status.has_data = True
+        self.table.publish(source, view)
+
+    def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
+        status = self.statuses.setdefault(source, SourceStatus())
+        if status.state is state and status.reason == reason:
+            return
+        status.state, status.reason = state, reason
+        if state is SourceState.STALE:
+            log.warning("source %s is stale (serving its last view): %s", source, reason)
+        else:
+            log.info("source %s is %s%s", source, state.value, f": {reason}" if reason else "")
+
+    def _swapped(self, snapshot: Snapshot) -> None:
+        log.info("table version %d: %d services, %d instances, %d nodes",
+                 snapshot.version, len(snapshot.services), snapshot.instance_count,
+                 len(snapshot.nodes))
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        """Ready once every source has served a view (live or restored)."""
+        waiting = [name for name, s in self.statuses.items() if not s.has_data]
+        if waiting:
+            return False, "waiting for " + ", ".join(sorted(waiting))
+        return True, "ok"
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def load_static(self) -> None:
+        """Read the services files now: a bad one stops startup (raises)."""
+        for source in self.static_sources:
+            self.publish(source.name, source.load())
+
+    async def start(self) -> None:
+        self.load_static()
+        await self._bind_all()
+        if self.forwarder is not None:
+            await self.forwarder.start()
+        for source in self.sources:
+            self._source_tasks.append(asyncio.create_task(self._supervise(source)))
+
+    async def _supervise(self, source: Source) -> None:
+        """Run a source forever; a source that crashes is logged and restarted."""
+        while True:
+            try:
+                await source.run(self)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("source %s failed; restarting it", source.name)
+                self.set_state(source.name, SourceState.STALE, "internal error")
+                await asyncio.sleep(SOURCE_RESTART_DELAY)
+
+    async def _bind_all(self) -> None:
+        for host, port in self.config.listen:
+            listener = await self._bind(host, port)
+            self.listeners.append(listener)
+            log.info("listening on %s (udp, tcp)", format_hostport(listener.host, listener.port))
+
+    async def _bind(self, host: str, port: int) -> Listener:
+        """UDP and TCP on the same address and port; port 0 picks one free for both."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        attempts = 20 if port == 0 else 1
+        for attempt in range(attempts):
+            udp_sock = _socket(family, socket.SOCK_DGRAM, self.config.workers > 1)
+            try:
+                udp_sock.bind((host, port))
+            except OSError as exc:
+                udp_sock.close()
+                raise OSError(exc.errno, f"cannot listen on udp "
+                              f"{format_hostport(host, port)}: {exc.strerror}") from None
+            bound = udp_sock.getsockname()[1]
+            tcp_sock = _socket(family, socket.SOCK_STREAM, self.config.workers > 1)
+            try:
+                tcp_sock.bind((host, bound))
+            except OSError as exc:
+                tcp_sock.close()
+                udp_sock.close()
+                if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                    continue
+                raise OSError(exc.errno, f"cannot listen on tcp "
+                              f"{format_hostport(host, bound)}: {exc.strerror}") from None
+            tcp_sock.listen(1024)
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: UdpProtocol(self.handler.handle, self.tasks), sock=udp_sock)
+            tcp = await loop.create_server(
+                lambda: TcpProtocol(self.handler.handle, self.tasks, self.tcp_limits),
+                sock=tcp_sock)
+            return Listener(host, bound, udp, tcp)
+        raise AssertionError("unreachable")
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the services files now."""
+        log.info("SIGHUP: reloading services files")
+        for source in self.static_sources:
+            source.reload(self)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self, started: Callable[[App], None] | None = None) -> None:
+        """Start, run until SIGTERM/SIGINT (or :meth:`stop`), then shut down."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if started is not None:
+            started(self)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Close listeners, let in-flight replies finish briefly, then cancel the rest."""
+        log.info("shutting down")
+        for listener in self.listeners:
+            listener.udp.close()
+            listener.tcp.close()
+        await self.tasks.drain(SHUTDOWN_GRACE)
+        for task in self._source_tasks:
+            task.cancel()
+        await asyncio.gather(*self._source_tasks, return_exceptions=True)
+        if self.forwarder is not None:
+            await self.forwarder.close()
+
+
+def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # [::]:53 serves IPv6 only, so 0.0.0.0:53 can be listed beside it.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+HostPortT = HostPort

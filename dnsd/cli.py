@@ -1,0 +1,56 @@
+"""The command line: parse configuration, set up logging, run the app.
+
+The only place that exits: a :class:`DnsdError` (bad option, bad services file)
+or a failed bind becomes one line on stderr and exit status 2 (1 for bind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from dnsd.config import load_config
+from dnsd.errors import DnsdError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_config(args)
+    except DnsdError as exc:
+        print(f"dnsd: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from dnsd.app import App  # after logging: importing sources may log
+
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+
+    async def run() -> None:
+        app = App(config)
+        await app.serve()
+
+    try:
+        runner(run())
+    except DnsdError as exc:
+        print(f"dnsd: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"dnsd: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

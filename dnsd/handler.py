@@ -1,0 +1,195 @@
+"""The handler: query bytes in, reply bytes out. The one place a packet's fate is
+decided: drop, FORMERR, NOTIMP, REFUSED, BADVERS, an in-zone answer, forwarding,
+or SERVFAIL when anything unexpected happens.
+
+Transport-neutral: the server's protocol classes call :meth:`Handler.handle` and
+send what it returns. Imports: ``answer``, ``table``, ``wire``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dnsd.answer import (
+    CLASS_ANY,
+    AnswerSet,
+    Answerer,
+    opt_record,
+    render,
+    reply_flags,
+    udp_limit,
+)
+from dnsd.table import Table
+from dnsd.wire import (
+    BADVERS,
+    FORMERR,
+    NOTIMP,
+    OPCODE_QUERY,
+    QR,
+    RD,
+    REFUSED,
+    SERVFAIL,
+    Malformed,
+    Query,
+    parse_query,
+)
+
+log = logging.getLogger("dnsd.handler")
+query_log = logging.getLogger("dnsd.query")
+
+CLASS_IN = 1
+ZONE_TRANSFERS = (251, 252)  # IXFR, AXFR: not served (RFC 5936 allows REFUSED)
+TCP_LIMIT = 65535
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Reply = bytes | None
+
+
+class Forwarder(Protocol):
+    """What the handler needs from forwarding (``dnsd.forward.Forwarder``)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    async def forward(self, query: Query, over_tcp: bool) -> bytes: ...
+
+
+@dataclass(slots=True)
+class HandlerStats:
+    """Counters the metrics endpoint reads; plain ints, no locking (one loop)."""
+
+    queries: int = 0
+    dropped: int = 0
+    by_rcode: dict[int, int] = field(default_factory=dict)
+
+
+class Handler:
+    """Decides every reply. Call on the event loop thread."""
+
+    def __init__(self, table: Table, answerer: Answerer, forwarder: Forwarder | None,
+                 allow_recursion: Sequence[Network], *, udp_answer_limit: int = 0,
+                 log_queries: bool = False,
+                 observe: Callable[[Query | None, bytes | None, str, float], None] | None = None
+                 ) -> None:
+        self.table = table
+        self.answerer = answerer
+        self.forwarder = forwarder if forwarder is not None and forwarder.enabled else None
+        self.allow = tuple(allow_recursion)
+        self.udp_answer_limit = udp_answer_limit
+        self.log_queries = log_queries
+        self.observe = observe
+        self.stats = HandlerStats()
+        self._allowed_cache: dict[str, bool] = {}
+
+    def handle(self, wire: bytes, client: str, over_tcp: bool) -> Reply | Awaitable[Reply]:
+        """The reply to one message from ``client`` (its IP address).
+
+        - shorter than a header, or a response (QR=1): dropped (None);
+        - unparsable past the header, or not exactly one question: FORMERR;
+        - an opcode other than QUERY: NOTIMP;
+        - an EDNS version other than 0: BADVERS (RFC 6891 6.1.3);
+        - a class other than IN or ANY, or a zone transfer: REFUSED;
+        - a name in dnsd's zones (or a PTR for an address in the table): the
+          answer, authoritative; rcodes per :meth:`Answerer.lookup`;
+        - another name, from a client allowed recursion, with upstreams: an
+          awaitable of the forwarded reply; otherwise REFUSED;
+        - any unexpected exception: SERVFAIL, logged with its traceback.
+        """
+        self.stats.queries += 1
+        started = time.perf_counter() if (self.log_queries or self.observe) else 0.0
+        query: Query | None = None
+        try:
+            if len(wire) < 12 or wire[2] & 0x80:
+                self.stats.dropped += 1
+                return None
+            try:
+                query = parse_query(wire)
+            except Malformed:
+                return self._finish(None, error_reply(wire, FORMERR), client, over_tcp, started)
+            reply = self._answer(query, client, over_tcp)
+        except Exception:
+            log.exception("internal error answering a query from %s", client)
+            reply = error_reply(wire, SERVFAIL, query)
+        if reply is None or isinstance(reply, bytes):
+            return self._finish(query, reply, client, over_tcp, started)
+        return self._finish_later(query, reply, client, over_tcp, started)
+
+    def _answer(self, query: Query, client: str, over_tcp: bool) -> Reply | Awaitable[bytes]:
+        if query.opcode != OPCODE_QUERY:
+            return error_reply(query.wire, NOTIMP, query)
+        if query.edns is not None and query.edns.version != 0:
+            return error_reply(query.wire, BADVERS, query)
+        if query.qclass not in (CLASS_IN, CLASS_ANY) or query.qtype in ZONE_TRANSFERS:
+            return error_reply(query.wire, REFUSED, query)
+        answer: AnswerSet | None = self.answerer.lookup(query, self.table.snapshot)
+        ra = self.forwarder is not None
+        if answer is not None:
+            if over_tcp:
+                return render(query, answer, limit=TCP_LIMIT, ra=ra)
+            cap = self.udp_answer_limit if query.edns is None else 0
+            return render(query, answer, limit=udp_limit(query), answer_cap=cap, ra=ra)
+        if self.forwarder is not None and self.recursion_allowed(client):
+            return self.forwarder.forward(query, over_tcp)
+        return error_reply(query.wire, REFUSED, query, ra=ra)
+
+    def recursion_allowed(self, client: str) -> bool:
+        allowed = self._allowed_cache.get(client)
+        if allowed is None:
+            try:
+                ip = ipaddress.ip_address(client.split("%")[0])
+            except ValueError:
+                return False
+            if ip.version == 6 and ip.ipv4_mapped is not None:  # type: ignore[union-attr]
+                ip = ip.ipv4_mapped  # type: ignore[union-attr]
+            allowed = any(ip in net for net in self.allow)
+            if len(self._allowed_cache) > 10_000:
+                self._allowed_cache.clear()
+            self._allowed_cache[client] = allowed
+        return allowed
+
+    async def _finish_later(self, query: Query | None, pending: Awaitable[Reply], client: str,
+                            over_tcp: bool, started: float) -> Reply:
+        try:
+            reply = await pending
+        except Exception:
+            log.exception("internal error forwarding a query from %s", client)
+            reply = error_reply(query.wire, SERVFAIL, query) if query is not None else None
+        return self._finish(query, reply, client, over_tcp, started)
+
+    def _finish(self, query: Query | None, reply: Reply, client: str, over_tcp: bool,
+                started: float) -> Reply:
+        if reply is not None and len(reply) >= 4:
+            rcode = reply[3] & 0xF
+            self.stats.by_rcode[rcode] = self.stats.by_rcode.get(rcode, 0) + 1
+        if self.observe is not None:
+            self.observe(query, reply, "tcp" if over_tcp else "udp",
+                         time.perf_counter() - started)
+        if self.log_queries:
+            rcode_text = str(reply[3] & 0xF) if reply is not None and len(reply) >= 4 else "-"
+            name = query.text() if query is not None else "?"
+            qtype = query.qtype if query is not None else 0
+            query_log.info("%s %s %s type=%d rcode=%s %.2fms", client,
+                           "tcp" if over_tcp else "udp", name, qtype, rcode_text,
+                           (time.perf_counter() - started) * 1000)
+        return reply
+
+
+def error_reply(wire: bytes, rcode: int, query: Query | None = None, *, ra: bool = False) -> bytes:
+    """A reply carrying only an rcode. With a parsed query the question is echoed
+    (and an OPT added when the client sent one); without, the header alone."""
+    if query is None:
+        ident, flags = struct.unpack_from("!HH", wire)
+        flags = QR | (flags & (0x7800 | RD)) | (rcode & 0xF)
+        return struct.pack("!HHHHHH", ident, flags, 0, 0, 0, 0)
+    opt = b""
+    if query.edns is not None:
+        opt = opt_record(1232, query.edns.do, rcode >> 4)
+    flags = reply_flags(query, rcode & 0xF, aa=False, ra=ra)
+    header = struct.pack("!HHHHHH", query.id, flags, 1, 0, 0, 1 if opt else 0)
+    return header + query.question + opt

@@ -1,0 +1,172 @@
+"""Registry values: what sources publish and the table holds.
+
+Frozen, slotted and validated when built, so a value that exists is a value the
+rest of dnsd may trust. Knows nothing of DNS wire format or of any registry.
+Imports: the standard library and ``errors`` only.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# A DNS label as Consul and registrator names use it: letters, digits, hyphen and
+# underscore (registrator writes ``service_1``), 1 to 63 octets, no edge hyphen.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+class Health(enum.Enum):
+    """The aggregated health of an instance: the worst of its checks."""
+
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @classmethod
+    def worst(cls, statuses: list[str]) -> Health:
+        """The worst of Consul check statuses; unknown ones count as critical."""
+        worst = cls.PASSING
+        for status in statuses:
+            if status == "passing":
+                continue
+            if status == "warning":
+                worst = cls.WARNING
+            else:
+                return cls.CRITICAL
+        return worst
+
+
+class AddressKind(enum.Enum):
+    NONE = "none"
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+    HOSTNAME = "hostname"
+
+
+def is_label(text: str) -> bool:
+    """True when ``text`` is one DNS label under dnsd's rules (underscores allowed)."""
+    return bool(_LABEL.match(text))
+
+
+def is_hostname(text: str) -> bool:
+    """True when ``text`` is a dotted DNS name (an optional trailing dot) of valid labels."""
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253:
+        return False
+    return all(is_label(part) for part in name.split("."))
+
+
+def classify_address(text: str) -> tuple[AddressKind, str]:
+    """Classify and normalise an address: an IP in canonical form, or a hostname.
+
+    Raises ``ValueError`` naming the problem when it is neither.
+    """
+    if not text:
+        return AddressKind.NONE, ""
+    try:
+        ip = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        if is_hostname(text):
+            return AddressKind.HOSTNAME, text.rstrip(".").lower()
+        raise ValueError(f"{text!r} is neither an IP address nor a host name") from None
+    if ip.version == 4:
+        return AddressKind.IPV4, str(ip)
+    mapped = ip.ipv4_mapped  # type: ignore[union-attr]
+    if mapped is not None:
+        return AddressKind.IPV4, str(mapped)
+    return AddressKind.IPV6, ip.compressed
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One registered instance of a service.
+
+    ``address`` is the service's own address ('' when it has none, and then the
+    node's address serves); both are kept normalised by :func:`classify_address`.
+    """
+
+    service: str
+    node: str
+    datacenter: str
+    id: str = ""
+    address: str = ""
+    node_address: str = ""
+    port: int = 0
+    tags: tuple[str, ...] = ()
+    health: Health = Health.PASSING
+    weight_passing: int = 1
+    weight_warning: int = 1
+    meta: Mapping[str, str] = field(default_factory=dict)
+    address_kind: AddressKind = field(init=False)
+    node_address_kind: AddressKind = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not is_label(self.service):
+            raise ValueError(f"service name {self.service!r} is not a valid DNS label")
+        if not is_hostname(self.node):
+            raise ValueError(f"node name {self.node!r} is not a valid DNS name")
+        if not is_label(self.datacenter):
+            raise ValueError(f"datacenter {self.datacenter!r} is not a valid DNS label")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not from 0 to 65535")
+        for weight in (self.weight_passing, self.weight_warning):
+            if not 0 <= weight <= 65535:
+                raise ValueError(f"weight {weight} is not from 0 to 65535")
+        kind, address = classify_address(self.address)
+        node_kind, node_address = classify_address(self.node_address)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "address_kind", kind)
+        object.__setattr__(self, "node_address", node_address)
+        object.__setattr__(self, "node_address_kind", node_kind)
+        if not self.id:
+            object.__setattr__(self, "id", f"{self.service}-{address or node_address}-{self.port}")
+
+    @property
+    def effective_address(self) -> str:
+        """The address clients connect to: the service's own, else the node's."""
+        return self.address or self.node_address
+
+    @property
+    def effective_kind(self) -> AddressKind:
+        return self.address_kind if self.address else self.node_address_kind
+
+    @property
+    def weight(self) -> int:
+        """The SRV weight Consul gives: the warning weight while a check warns."""
+        return self.weight_warning if self.health is Health.WARNING else self.weight_passing
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node (host) known to a registry, answerable as ``<node>.node.<dc>``."""
+
+    name: str
+    datacenter: str
+    address: str = ""
+    address_kind: AddressKind = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not is_hostname(self.name):
+            raise ValueError(f"node name {self.name!r} is not a valid DNS name")
+        if not is_label(self.datacenter):
+            raise ValueError(f"datacenter {self.datacenter!r} is not a valid DNS label")
+        kind, address = classify_address(self.address)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "address_kind", kind)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A source's complete current view: every instance and node it knows.
+
+    Sources publish whole views; the table never receives a partial update.
+    Nodes named only by instances need not be listed in ``nodes``.
+    """
+
+    instances: tuple[Instance, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    local_datacenter: str | None = None
+    """The datacenter the registry calls local (Consul's agent), if it says."""

@@ -1,0 +1,87 @@
+"""Resource records in wire form, built with dnslib.
+
+Each record is encoded alone and without name compression (except the owner,
+which may point at the question, see ``QNAME_POINTER``), so a cached answer is a
+list of byte strings that can be rotated and truncated freely per query.
+Imports: dnslib and ``wire``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RD, SOA, SRV, A
+from dnslib.label import DNSBuffer
+
+from dnsd.wire import encode_name
+
+# The question name always starts at offset 12 (RFC 1035 4.1.4 pointer), and it
+# is echoed exactly as received, so an owner equal to the question can point there.
+QNAME_POINTER = b"\xc0\x0c"
+CLASS_IN = 1
+
+T_A, T_NS, T_CNAME, T_SOA, T_PTR = 1, 2, 5, 6, 12
+T_AAAA, T_SRV, T_ANY = 28, 33, 255
+
+
+class _FlatBuffer(DNSBuffer):  # type: ignore[misc]
+    """A dnslib buffer that never compresses: records must stand alone."""
+
+    def encode_name(self, name: object) -> None:
+        self.encode_name_nocompress(name)
+
+
+def _rdata(rd: RD) -> bytes:
+    buf = _FlatBuffer()
+    rd.pack(buf)
+    return bytes(buf.data)
+
+
+def record(owner: bytes, rtype: int, ttl: int, rd: RD) -> bytes:
+    """One resource record; ``owner`` is a wire name or ``QNAME_POINTER``."""
+    data = _rdata(rd)
+    return owner + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(data)) + data
+
+
+def a(owner: bytes, ttl: int, address: str) -> bytes:
+    return record(owner, T_A, ttl, A(address))
+
+
+def aaaa(owner: bytes, ttl: int, address: str) -> bytes:
+    return record(owner, T_AAAA, ttl, AAAA(address))
+
+
+def address(owner: bytes, ttl: int, ip: str) -> bytes:
+    """An A or AAAA record, by the address's family."""
+    return aaaa(owner, ttl, ip) if ":" in ip else a(owner, ttl, ip)
+
+
+def srv(owner: bytes, ttl: int, priority: int, weight: int, port: int, target: str) -> bytes:
+    return record(owner, T_SRV, ttl, SRV(priority, weight, port, target.rstrip(".") + "."))
+
+
+def cname(owner: bytes, ttl: int, target: str) -> bytes:
+    return record(owner, T_CNAME, ttl, CNAME(target.rstrip(".") + "."))
+
+
+def ptr(owner: bytes, ttl: int, target: str) -> bytes:
+    return record(owner, T_PTR, ttl, PTR(target.rstrip(".") + "."))
+
+
+def ns(owner: bytes, ttl: int, target: str) -> bytes:
+    return record(owner, T_NS, ttl, NS(target.rstrip(".") + "."))
+
+
+def soa(owner: bytes, zone: str, serial: int, minimum: int) -> bytes:
+    """Consul's SOA: ns/hostmaster names, 3600/600/86400, the negative TTL as
+    both the minimum and the record's own TTL (RFC 2308 3)."""
+    rd = SOA(f"ns.{zone}.", f"hostmaster.{zone}.",
+             (serial & 0xFFFFFFFF, 3600, 600, 86400, minimum))
+    return record(owner, T_SOA, minimum, rd)
+
+
+def name(text: str) -> bytes:
+    return encode_name(text)
+
+
+QTYPE_NAMES = QTYPE

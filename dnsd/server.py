@@ -1,0 +1,211 @@
+"""Thin UDP and TCP protocol classes that move bytes between sockets and the
+handler. They know no DNS rules beyond TCP's two-byte framing (RFC 1035 4.2.2).
+
+Every task a protocol starts is tracked so shutdown can drain and cancel them.
+Imports: ``handler`` (for its type) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dnsd.handler import Reply
+
+log = logging.getLogger("dnsd.server")
+
+HandleFn = Callable[[bytes, str, bool], Reply | Awaitable[Reply]]
+
+
+class Tasks:
+    """The set of in-flight tasks of all protocols, for graceful shutdown."""
+
+    def __init__(self) -> None:
+        self.active: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.active.add(task)
+        task.add_done_callback(self.active.discard)
+        return task
+
+    async def drain(self, timeout: float) -> None:
+        if self.active:
+            _, pending = await asyncio.wait(set(self.active), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    """One per UDP socket. Sync replies are sent at once; forwarded ones later."""
+
+    def __init__(self, handle: HandleFn, tasks: Tasks) -> None:
+        self.handle = handle
+        self.tasks = tasks
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        reply = self.handle(data, addr[0], False)
+        if reply is None:
+            return
+        if isinstance(reply, bytes):
+            if self.transport is not None:
+                self.transport.sendto(reply, addr)
+            return
+        self.tasks.spawn(self._send_later(reply, addr))
+
+    async def _send_later(self, pending: Awaitable[Reply], addr: tuple[Any, ...]) -> None:
+        reply = await pending
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors from earlier sends (a client that went away): nothing to do.
+        log.debug("udp error: %s", exc)
+
+
+class TcpLimits:
+    """Bounds that keep one TCP client from holding more than its share."""
+
+    def __init__(self, max_connections: int = 1024, idle_timeout: float = 10.0,
+                 max_in_flight: int = 32, max_buffered: int = 256 * 1024) -> None:
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.max_in_flight = max_in_flight
+        self.max_buffered = max_buffered
+        self.open = 0
+
+
+class TcpProtocol(asyncio.Protocol):
+    """One per TCP connection: several pipelined queries, answered as each is
+    ready (RFC 7766 6.2.1.1), an idle timeout, and backpressure both ways: it
+    stops reading while too many queries are in flight or the client is not
+    reading its replies."""
+
+    def __init__(self, handle: HandleFn, tasks: Tasks, limits: TcpLimits) -> None:
+        self.handle = handle
+        self.tasks = tasks
+        self.limits = limits
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.buffer = bytearray()
+        self.in_flight = 0
+        self.reading_paused = False
+        self.writing_paused = False
+        self.idle: asyncio.TimerHandle | None = None
+        self.counted = False
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.limits.open >= self.limits.max_connections:
+            log.debug("tcp connection cap reached; closing a new connection")
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.limits.open += 1
+        self.counted = True
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+        transport.set_write_buffer_limits(high=self.limits.max_buffered)  # type: ignore[attr-defined]
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.limits.open -= 1
+            self.counted = False
+        if self.idle is not None:
+            self.idle.cancel()
+        self.transport = None
+
+    def _arm_idle(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle = loop.call_later(self.limits.idle_timeout, self._idle_out)
+
+    def _idle_out(self) -> None:
+        if self.transport is not None and self.in_flight == 0:
+            self.transport.close()
+        elif self.transport is not None:
+            self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > 65537 + self.limits.max_buffered:
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        self._arm_idle()
+        self._process()
+
+    def _process(self) -> None:
+        buf = self.buffer
+        while len(buf) >= 2 and self.transport is not None and not self.reading_paused:
+            (size,) = struct.unpack_from("!H", buf)
+            if len(buf) < 2 + size:
+                break
+            message = bytes(buf[2:2 + size])
+            del buf[:2 + size]
+            reply = self.handle(message, self.client, True)
+            if reply is None:
+                continue
+            if isinstance(reply, bytes):
+                self._write(reply)
+            else:
+                self.in_flight += 1
+                self.tasks.spawn(self._write_later(reply))
+                self._update_reading()
+
+    async def _write_later(self, pending: Awaitable[Reply]) -> None:
+        try:
+            reply = await pending
+            if reply is not None:
+                self._write(reply)
+        finally:
+            self.in_flight -= 1
+            if self.eof and self.in_flight == 0 and self.transport is not None:
+                self.transport.close()
+            self._update_reading()
+            if self.buffer and not self.reading_paused:
+                self._process()
+
+    def _write(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(struct.pack("!H", len(reply)) + reply)
+
+    def _update_reading(self) -> None:
+        if self.transport is None:
+            return
+        should_pause = self.in_flight >= self.limits.max_in_flight or self.writing_paused
+        if should_pause and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        elif not should_pause and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its queries.
+        self.writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._update_reading()
+        if self.buffer and not self.reading_paused:
+            self._process()
+
+    def eof_received(self) -> bool | None:
+        # Half-close: finish what is in flight, then close (RFC 7766 6.2.3).
+        if self.in_flight == 0 and self.transport is not None:
+            self.transport.close()
+            return None
+        self.eof = True
+        return True

@@ -1,0 +1,163 @@
+"""The table: every source's latest view merged into one immutable snapshot.
+
+A new snapshot is built aside and swapped in with one assignment, so a reader
+holding ``table.snapshot`` never sees half an update (the versioned-zone idea of
+dnspython's ``dns/versioned.py``). Each swap bumps ``version``, which answer
+caches use as their key. Knows nothing of DNS. Imports: ``model`` only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from dnsd.model import AddressKind, Instance, Node, View
+
+ServiceKey = tuple[str, str]
+"""(datacenter, service name), both lower-cased."""
+
+NodeKey = tuple[str, str]
+"""(datacenter, node name), both lower-cased."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseEntry:
+    """What an address in the table belongs to, for PTR answers."""
+
+    kind: str  # "node" or "service"
+    datacenter: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One immutable merged view of every source. Never mutated once built."""
+
+    version: int
+    local_datacenter: str = "dc1"
+    services: Mapping[ServiceKey, tuple[Instance, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    nodes: Mapping[NodeKey, Node] = field(default_factory=lambda: MappingProxyType({}))
+    datacenters: frozenset[str] = frozenset()
+    reverse: Mapping[str, tuple[ReverseEntry, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    built_at: float = 0.0
+
+    @property
+    def instance_count(self) -> int:
+        return sum(len(group) for group in self.services.values())
+
+
+def build_snapshot(version: int, views: Mapping[str, View], local_datacenter: str = "dc1",
+                   datacenter_fixed: bool = True) -> Snapshot:
+    """Merge views (in source-name order, so the result is deterministic).
+
+    An instance id seen twice in one (datacenter, service) keeps the first; a
+    node's address is the first non-empty one any source gives. Unless the
+    local datacenter is fixed by the user, the first one a registry reports wins.
+    """
+    if not datacenter_fixed:
+        reported = [views[s].local_datacenter for s in sorted(views)]
+        local_datacenter = next((dc for dc in reported if dc), local_datacenter)
+    local_datacenter = local_datacenter.lower()
+    services: dict[ServiceKey, list[Instance]] = {}
+    seen_ids: set[tuple[str, str, str]] = set()
+    nodes: dict[NodeKey, Node] = {}
+    dcs = {local_datacenter}
+    for source in sorted(views):
+        view = views[source]
+        for node in view.nodes:
+            key = (node.datacenter.lower(), node.name.lower())
+            known = nodes.get(key)
+            if known is None or (not known.address and node.address):
+                nodes[key] = node
+            dcs.add(key[0])
+        for inst in view.instances:
+            dc = inst.datacenter.lower()
+            svc = inst.service.lower()
+            ident = (dc, svc, inst.id)
+            if ident in seen_ids:
+                continue
+            seen_ids.add(ident)
+            services.setdefault((dc, svc), []).append(inst)
+            dcs.add(dc)
+            nkey = (dc, inst.node.lower())
+            known = nodes.get(nkey)
+            if known is None or (not known.address and inst.node_address):
+                nodes[nkey] = Node(inst.node, inst.datacenter, inst.node_address)
+
+    reverse: dict[str, list[ReverseEntry]] = {}
+    for (dc, _), node in nodes.items():
+        if node.address_kind in (AddressKind.IPV4, AddressKind.IPV6):
+            reverse.setdefault(node.address, []).append(ReverseEntry("node", dc, node.name))
+    for (dc, svc), group in services.items():
+        for inst in group:
+            if inst.address_kind in (AddressKind.IPV4, AddressKind.IPV6):
+                entries = reverse.setdefault(inst.address, [])
+                entry = ReverseEntry("service", dc, inst.service)
+                if entry not in entries:
+                    entries.append(entry)
+
+    return Snapshot(
+        version=version,
+        local_datacenter=local_datacenter,
+        services=MappingProxyType({k: tuple(v) for k, v in services.items()}),
+        nodes=MappingProxyType(nodes),
+        datacenters=frozenset(dcs),
+        reverse=MappingProxyType({k: tuple(v) for k, v in reverse.items()}),
+        built_at=time.time(),
+    )
+
+
+class Table:
+    """Holds each source's latest view and the current merged snapshot.
+
+    Call only from the event loop thread (sources on other threads hop to the
+    loop first). ``on_swap`` callbacks run after each swap, with the new snapshot.
+    """
+
+    def __init__(self, local_datacenter: str = "dc1", datacenter_fixed: bool = True) -> None:
+        self._views: dict[str, View] = {}
+        self._local_datacenter = local_datacenter
+        self._datacenter_fixed = datacenter_fixed
+        self._on_swap: list[Callable[[Snapshot], None]] = []
+        self.snapshot: Snapshot = build_snapshot(1, {}, local_datacenter, datacenter_fixed)
+
+    @property
+    def views(self) -> Mapping[str, View]:
+        """A read-only map of source name to its last published view."""
+        return MappingProxyType(self._views)
+
+    def subscribe(self, callback: Callable[[Snapshot], None]) -> None:
+        self._on_swap.append(callback)
+
+    def publish(self, source: str, view: View) -> Snapshot:
+        """Replace ``source``'s view and swap in a freshly merged snapshot.
+
+        Publishing a view equal to the current one swaps nothing (a registry
+        that reports "no change" must not flush answer caches).
+        """
+        if self._views.get(source) == view:
+            return self.snapshot
+        self._views[source] = view
+        return self._swap()
+
+    def publish_many(self, views: Mapping[str, View]) -> Snapshot:
+        """Replace several views at once (used to restore a saved table)."""
+        self._views.update(views)
+        return self._swap()
+
+    def remove(self, source: str) -> Snapshot:
+        if self._views.pop(source, None) is None:
+            return self.snapshot
+        return self._swap()
+
+    def _swap(self) -> Snapshot:
+        snapshot = build_snapshot(self.snapshot.version + 1, self._views,
+                                  self._local_datacenter, self._datacenter_fixed)
+        self.snapshot = snapshot  # the one assignment readers can observe
+        for callback in self._on_swap:
+            callback(snapshot)
+        return snapshot

@@ -1,0 +1,177 @@
+"""Wire format on the hot path: read a query's header, question and EDNS0 OPT.
+
+Hand-written on purpose: this runs for every packet, and dnslib's general parser
+(``DNSRecord.parse``) costs many times more than the answer lookup itself.
+It only reads; records are built with dnslib in ``records``. Imports: stdlib only.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+HEADER = struct.Struct("!HHHHHH")
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+RA = 0x0080
+AD = 0x0020
+CD = 0x0010
+
+OPCODE_QUERY = 0
+TYPE_OPT = 41
+MAX_NAME = 255
+
+# RCODEs (RFC 1035 4.1.1, RFC 6891 9 for BADVERS)
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+
+
+class Malformed(Exception):
+    """The packet cannot be parsed past its header: answer FORMERR."""
+
+
+@dataclass(frozen=True, slots=True)
+class Edns:
+    """What the client's OPT record says (RFC 6891)."""
+
+    udp_size: int
+    version: int
+    do: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query. ``question`` is the question section exactly as received."""
+
+    id: int
+    flags: int
+    qname: bytes      # wire-format name exactly as received (0x20 case kept)
+    key: bytes        # ``qname`` lower-cased: the cache key
+    qtype: int
+    qclass: int
+    question: bytes   # qname + qtype + qclass as received
+    edns: Edns | None
+    wire: bytes       # the whole packet
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+    @property
+    def rd(self) -> bool:
+        return bool(self.flags & RD)
+
+    def labels(self) -> list[bytes]:
+        """The lower-cased labels of the name, left to right."""
+        out: list[bytes] = []
+        pos = 0
+        key = self.key
+        while key[pos]:
+            length = key[pos]
+            out.append(key[pos + 1:pos + 1 + length])
+            pos += 1 + length
+        return out
+
+    def text(self) -> str:
+        """The name as text, lower-cased, with a trailing dot; for logs."""
+        labels = self.labels()
+        if not labels:
+            return "."
+        return ".".join(label.decode("ascii", "backslashreplace") for label in labels) + "."
+
+
+def read_header(wire: bytes) -> tuple[int, int, int, int, int, int] | None:
+    """The six header fields, or None when the packet is shorter than a header."""
+    if len(wire) < 12:
+        return None
+    return HEADER.unpack_from(wire)  # type: ignore[return-value]
+
+
+def _skip_name(wire: bytes, pos: int) -> int:
+    """Position after a possibly compressed name; bounds- and loop-checked."""
+    end = len(wire)
+    hops = 0
+    while True:
+        if pos >= end:
+            raise Malformed("name runs past the end")
+        length = wire[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > end:
+                raise Malformed("pointer runs past the end")
+            return pos + 2
+        if length & 0xC0:
+            raise Malformed("unknown label type")
+        pos += 1 + length
+        hops += 1
+        if hops > 127:
+            raise Malformed("name too long")
+
+
+def parse_query(wire: bytes) -> Query:
+    """Parse a query whose header is known to be readable (``len(wire) >= 12``).
+
+    Raises :class:`Malformed` for anything that is not one well-formed question
+    with an optional OPT record: the caller answers FORMERR.
+    """
+    ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+    if qdcount != 1:
+        raise Malformed(f"qdcount is {qdcount}, not 1")
+    end = len(wire)
+    pos = 12
+    # The question name must be uncompressed: nothing precedes it to point at.
+    while True:
+        if pos >= end:
+            raise Malformed("question name runs past the end")
+        length = wire[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > 63:
+            raise Malformed("compressed or oversized label in the question")
+        pos += 1 + length
+        if pos - 12 > MAX_NAME:
+            raise Malformed("question name longer than 255 octets")
+    qname_end = pos
+    if qname_end > end - 4:
+        raise Malformed("question is cut short")
+    if qname_end - 12 > MAX_NAME:
+        raise Malformed("question name longer than 255 octets")
+    qtype, qclass = struct.unpack_from("!HH", wire, qname_end)
+    qname = wire[12:qname_end]
+    pos = qname_end + 4
+
+    edns: Edns | None = None
+    # Skip answer and authority records (a query should carry none), then read
+    # the additional section looking for the single OPT record.
+    for index in range(ancount + nscount + arcount):
+        name_start = pos
+        pos = _skip_name(wire, pos)
+        if pos + 10 > end:
+            raise Malformed("record header cut short")
+        rtype, rclass, ttl, rdlength = struct.unpack_from("!HHIH", wire, pos)
+        pos += 10 + rdlength
+        if pos > end:
+            raise Malformed("record data cut short")
+        if rtype == TYPE_OPT:
+            if index < ancount + nscount or edns is not None or wire[name_start] != 0:
+                raise Malformed("misplaced or repeated OPT record")  # RFC 6891 6.1.1
+            edns = Edns(udp_size=rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
+    # Trailing bytes after the counted records are tolerated, as most servers do.
+    return Query(id=ident, flags=flags, qname=qname, key=qname.lower(), qtype=qtype,
+                 qclass=qclass, question=wire[12:qname_end + 4], edns=edns, wire=wire)
+
+
+def encode_name(name: str) -> bytes:
+    """Wire form of a dotted name (no compression); labels must be valid already."""
+    out = bytearray()
+    for label in name.rstrip(".").split("."):
+        if label:
+            raw = label.encode("ascii")
+            out.append(len(raw))
+            out += raw
+    out.append(0)
+    return bytes(out)
