@@ -19,7 +19,7 @@ from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config, HostPort
 from dnsd.handler import Forwarder, Handler
 from dnsd.model import View
-from dnsd.server import TcpLimits, TcpProtocol, Tasks, UdpProtocol
+from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpProtocol
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.static import StaticSource
 from dnsd.table import Snapshot, Table

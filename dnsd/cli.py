@@ -6,10 +6,11 @@ or a failed bind becomes one line on stderr and exit status 2 (1 for bind).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+
+import uvloop
 
 from dnsd.config import load_config
 from dnsd.errors import DnsdError
@@ -29,18 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from dnsd.app import App  # after logging: importing sources may log
 
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
-
     async def run() -> None:
         app = App(config)
         await app.serve()
 
     try:
-        runner(run())
+        # uvloop: libuv's event loop, several times faster for small UDP packets.
+        uvloop.run(run())
     except DnsdError as exc:
         print(f"dnsd: error: {exc}", file=sys.stderr)
         return 2

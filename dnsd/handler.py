@@ -18,8 +18,8 @@ from typing import Protocol
 
 from dnsd.answer import (
     CLASS_ANY,
-    AnswerSet,
     Answerer,
+    AnswerSet,
     opt_record,
     render,
     reply_flags,
@@ -145,8 +145,8 @@ class Handler:
                 ip = ipaddress.ip_address(client.split("%")[0])
             except ValueError:
                 return False
-            if ip.version == 6 and ip.ipv4_mapped is not None:  # type: ignore[union-attr]
-                ip = ip.ipv4_mapped  # type: ignore[union-attr]
+            if ip.version == 6 and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
             allowed = any(ip in net for net in self.allow)
             if len(self._allowed_cache) > 10_000:
                 self._allowed_cache.clear()

@@ -74,7 +74,7 @@ def classify_address(text: str) -> tuple[AddressKind, str]:
         raise ValueError(f"{text!r} is neither an IP address nor a host name") from None
     if ip.version == 4:
         return AddressKind.IPV4, str(ip)
-    mapped = ip.ipv4_mapped  # type: ignore[union-attr]
+    mapped = ip.ipv4_mapped
     if mapped is not None:
         return AddressKind.IPV4, str(mapped)
     return AddressKind.IPV6, ip.compressed

@@ -92,7 +92,7 @@ def build_snapshot(version: int, views: Mapping[str, View], local_datacenter: st
     for (dc, _), node in nodes.items():
         if node.address_kind in (AddressKind.IPV4, AddressKind.IPV6):
             reverse.setdefault(node.address, []).append(ReverseEntry("node", dc, node.name))
-    for (dc, svc), group in services.items():
+    for (dc, _svc), group in services.items():
         for inst in group:
             if inst.address_kind in (AddressKind.IPV4, AddressKind.IPV6):
                 entries = reverse.setdefault(inst.address, [])

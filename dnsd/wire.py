@@ -82,13 +82,6 @@ class Query:
         return ".".join(label.decode("ascii", "backslashreplace") for label in labels) + "."
 
 
-def read_header(wire: bytes) -> tuple[int, int, int, int, int, int] | None:
-    """The six header fields, or None when the packet is shorter than a header."""
-    if len(wire) < 12:
-        return None
-    return HEADER.unpack_from(wire)  # type: ignore[return-value]
-
-
 def _skip_name(wire: bytes, pos: int) -> int:
     """Position after a possibly compressed name; bounds- and loop-checked."""
     end = len(wire)

@@ -41,10 +41,8 @@ def _read(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise ServicesFileError(path, f"cannot read: {exc.strerror or exc}") from None
     try:
-        if path.endswith(".json"):
-            loaded = json.loads(data)
-        else:
-            loaded = tomllib.loads(data.decode("utf-8"))
+        is_json = path.endswith(".json")
+        loaded = json.loads(data) if is_json else tomllib.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError is a ValueError
         kind = "JSON" if path.endswith(".json") else "TOML"
         raise ServicesFileError(path, f"not valid {kind}: {exc}") from None

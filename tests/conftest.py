@@ -1,0 +1,27 @@
+"""Shared fixtures: a real dnsd serving the test services files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dnsd_process import DnsdProcess
+
+DATA = Path(__file__).parent / "data"
+SERVICES = DATA / "services.toml"
+BIG = DATA / "big.toml"
+
+
+@pytest.fixture(scope="module")
+def dnsd() -> Iterator[DnsdProcess]:
+    """dnsd on 127.0.0.1 (port 0) serving tests/data, with a second zone ``alt``.
+
+    Recursion is allowed only to a range tests never come from, so names
+    outside the zones get REFUSED whatever upstreams the machine has.
+    """
+    with DnsdProcess(["--static", str(SERVICES), "--static", str(BIG),
+                      "--alt-domain", "alt", "--node-name", "testnode",
+                      "--allow-recursion", "192.0.2.0/24"]) as proc:
+        yield proc

@@ -1,0 +1,170 @@
+"""The CLI contract: help, version, options from flags, environment and file,
+one-line errors, static file reloads and graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import dns.rcode
+import pytest
+
+from dnsd import __version__
+from tests.conftest import SERVICES
+from tests.dnsd_process import DnsdProcess, run_cli
+
+
+def test_help_lists_every_contract_option() -> None:
+    result = run_cli(["--help"])
+    assert result.returncode == 0
+    for option in ("--listen", "--domain", "--alt-domain", "--datacenter", "--node-name",
+                   "--static", "--consul", "--zookeeper", "--upstream", "--ttl",
+                   "--negative-ttl", "--udp-answer-limit", "--allow-recursion",
+                   "--upstream-for", "--consul-datacenters", "--zookeeper-datacenter",
+                   "--workers", "--rate-limit", "--query-log", "--only-passing",
+                   "--state-dir", "--metrics", "--log-level", "--config"):
+        assert option in result.stdout
+
+
+def test_version() -> None:
+    result = run_cli(["--version"])
+    assert result.returncode == 0 and result.stdout.strip() == f"dnsd {__version__}"
+
+
+@pytest.mark.parametrize(("args", "env", "needle"), [
+    (["--no-such-flag"], {}, "--no-such-flag"),
+    (["--ttl", "soon"], {}, "--ttl"),
+    (["--ttl", "-1"], {}, "--ttl"),
+    (["--listen", "127.0.0.1"], {}, "--listen"),
+    (["--listen", "300.1.1.1:53"], {}, "--listen"),
+    (["--listen", "::1:53"], {}, "--listen"),
+    (["--domain", "bad..name"], {}, "--domain"),
+    (["--allow-recursion", "10.0.0.0/33"], {}, "--allow-recursion"),
+    (["--upstream-for", "example.org"], {}, "--upstream-for"),
+    (["--log-level", "loud"], {}, "--log-level"),
+    (["--consul", "ftp://x"], {}, "--consul"),
+    (["--workers", "0"], {}, "--workers"),
+    ([], {"DNSD_TTL": "x"}, "DNSD_TTL"),
+    ([], {"DNSD_ONLY_PASSING": "maybe"}, "DNSD_ONLY_PASSING"),
+    (["--static", "/nonexistent/services.toml"], {}, "/nonexistent/services.toml"),
+    (["--config", "/nonexistent/dnsd.toml"], {}, "/nonexistent/dnsd.toml"),
+])
+def test_bad_input_exits_with_one_line_naming_it(args: list[str], env: dict[str, str],
+                                                 needle: str) -> None:
+    result = run_cli(args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0] and lines[0].startswith("dnsd: error:")
+
+
+@pytest.mark.parametrize(("content", "needles"), [
+    ('[[services]]\nport = 80\naddress = "10.0.0.1"\n', ["services[0]", "name", "required"]),
+    ('[[services]]\nname = "web"\naddress = "10.0.0.1"\nport = 70000\n',
+     ["services[0] (web)", "port"]),
+    ('[[services]]\nname = "web"\naddress = "10.0.0.1"\nportt = 80\n',
+     ["services[0] (web)", "portt", "unknown field"]),
+    ('[[services]]\nname = "we b"\naddress = "10.0.0.1"\n', ["services[0]", "name"]),
+    ('[[services]]\nname = "web"\naddress = "not an address!"\n', ["(web)", "address"]),
+    ('[[services]]\nname = "web"\n', ["(web)", "address", "node_address"]),
+    ('[[services]]\nname = "web"\naddress = "10.0.0.1"\nstatus = "ok"\n', ["status"]),
+    ('[[services]]\nname = "web"\naddress = "10.0.0.1"\nweights = { passing = -1 }\n',
+     ["weights.passing"]),
+    ('[[services]]\nname = "web"\naddress = "10.0.0.1"\ntags = "http"\n', ["tags"]),
+    ('[[services]]\nname = "a"\nid = "x"\naddress = "10.0.0.1"\n'
+     '[[services]]\nname = "a"\nid = "x"\naddress = "10.0.0.2"\n', ["services[1] (a)", "id"]),
+    ("this is not toml", ["not valid TOML"]),
+])
+def test_bad_services_file_names_file_entry_and_field(tmp_path: Path, content: str,
+                                                      needles: list[str]) -> None:
+    path = tmp_path / "services.toml"
+    path.write_text(content)
+    result = run_cli(["--static", str(path)])
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and str(path) in line
+    for needle in needles:
+        assert needle in line
+
+
+def test_json_services_file(tmp_path: Path) -> None:
+    path = tmp_path / "services.json"
+    path.write_text('{"services": [{"name": "web", "address": "10.0.0.5", "port": 80}]}')
+    with DnsdProcess(["--static", str(path)]) as proc:
+        assert proc.query("web.service.consul", "A").answer[0][0].address == "10.0.0.5"
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    config = tmp_path / "dnsd.toml"
+    config.write_text(f'static = ["{SERVICES}"]\nttl = 10\nnegative_ttl = 11\n'
+                      'domain = "fromfile"\n')
+    env = {"DNSD_TTL": "20", "DNSD_NEGATIVE_TTL": "21"}
+    with DnsdProcess(["--config", str(config), "--ttl", "30"], env=env) as proc:
+        assert proc.query("web.service.fromfile", "A").answer[0].ttl == 30   # flag
+        assert proc.query("nope.service.fromfile", "A").authority[0].ttl == 21  # env
+    with DnsdProcess([], env={"DNSD_CONFIG": str(config)}) as proc:
+        assert proc.query("web.service.fromfile", "A").answer[0].ttl == 10   # file
+
+
+def test_unknown_config_key_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "dnsd.toml"
+    config.write_text("tll = 5\n")
+    result = run_cli(["--config", str(config)])
+    assert result.returncode == 2 and "'tll'" in result.stderr
+
+
+def test_static_file_change_is_answered_within_a_second(tmp_path: Path) -> None:
+    path = tmp_path / "services.toml"
+    path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.1"\n')
+    with DnsdProcess(["--static", str(path)]) as proc:
+        assert proc.query("web.service.consul", "A").answer[0][0].address == "10.0.0.1"
+        path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.2"\n'
+                        '[[services]]\nname = "new"\naddress = "10.0.0.3"\n')
+        started = time.monotonic()
+        while proc.query("new.service.consul", "A").rcode() != dns.rcode.NOERROR:
+            assert time.monotonic() - started < 1.0
+            time.sleep(0.02)
+        assert proc.query("web.service.consul", "A").answer[0][0].address == "10.0.0.2"
+
+        # a bad edit keeps the previous table serving, and says why
+        path.write_text('[[services]]\nname = "web"\nport = "eighty"\naddress = "10.0.0.9"\n')
+        proc.wait_for_log(r"port: must be an integer.*previous version", timeout=3)
+        assert proc.query("web.service.consul", "A").answer[0][0].address == "10.0.0.2"
+        assert proc.query("new.service.consul", "A").rcode() == dns.rcode.NOERROR
+
+        # deleting the file is like a bad edit
+        os.unlink(path)
+        proc.wait_for_log(r"cannot read", timeout=3)
+        assert proc.query("web.service.consul", "A").answer[0][0].address == "10.0.0.2"
+
+
+def test_sighup_rereads_services_files(tmp_path: Path) -> None:
+    path = tmp_path / "services.toml"
+    path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.1"\n')
+    with DnsdProcess(["--static", str(path)]) as proc:
+        path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.7"\n')
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_log("SIGHUP", timeout=3)
+        deadline = time.monotonic() + 1
+        while proc.query("web.service.consul", "A").answer[0][0].address != "10.0.0.7":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_graceful_shutdown(sig: int) -> None:
+    proc = DnsdProcess(["--static", str(SERVICES)])
+    proc.signal(sig)
+    assert proc.proc.wait(10) == 0
+    proc.stop()
+    assert re.search("shutting down", proc.log)
+
+
+def test_listen_conflict_is_one_line() -> None:
+    with DnsdProcess(["--static", str(SERVICES)]) as first:
+        result = run_cli(["--listen", f"127.0.0.1:{first.port}"])
+        assert result.returncode == 1
+        assert "cannot listen" in result.stderr and str(first.port) in result.stderr
