@@ -19,7 +19,7 @@ from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config, HostPort
 from dnsd.handler import Forwarder, Handler
 from dnsd.model import View
-from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpProtocol
+from dnsd.server import PktinfoUdp, Tasks, TcpLimits, TcpProtocol, UdpProtocol
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.static import StaticSource
 from dnsd.table import Snapshot, Table
@@ -45,7 +45,7 @@ class SourceStatus:
 class Listener:
     host: str
     port: int
-    udp: asyncio.DatagramTransport
+    udp: asyncio.DatagramTransport | PktinfoUdp
     tcp: asyncio.AbstractServer
 
 
@@ -180,8 +180,12 @@ class App:
                 raise OSError(exc.errno, f"cannot listen on tcp "
                               f"{format_hostport(host, bound)}: {exc.strerror}") from None
             tcp_sock.listen(1024)
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: UdpProtocol(self.handler.handle, self.tasks), sock=udp_sock)
+            udp: asyncio.DatagramTransport | PktinfoUdp
+            if ipaddress.ip_address(host).is_unspecified:
+                udp = PktinfoUdp(udp_sock, self.handler.handle, self.tasks)
+            else:
+                udp, _ = await loop.create_datagram_endpoint(
+                    lambda: UdpProtocol(self.handler.handle, self.tasks), sock=udp_sock)
             tcp = await loop.create_server(
                 lambda: TcpProtocol(self.handler.handle, self.tasks, self.tcp_limits),
                 sock=tcp_sock)

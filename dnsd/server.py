@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -209,3 +210,83 @@ class TcpProtocol(asyncio.Protocol):
             return None
         self.eof = True
         return True
+
+
+# Linux values; Python's socket module lacks IP_PKTINFO.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_CMSG_SPACE = socket.CMSG_SPACE(20)
+_READS_PER_WAKEUP = 64
+
+
+class PktinfoUdp:
+    """UDP on a wildcard address (0.0.0.0 or ::) that replies from the address
+    each query came to, via IP_PKTINFO / IPV6_PKTINFO (RFC 1122 4.1.3.5 asks
+    it; stub resolvers drop replies from an unexpected source). asyncio's
+    datagram transport does not expose ancillary data, so this reads the socket
+    itself with recvmsg/sendmsg. Specific-address listeners don't need it.
+    """
+
+    def __init__(self, sock: socket.socket, handle: HandleFn, tasks: Tasks) -> None:
+        self.sock = sock
+        self.handle = handle
+        self.tasks = tasks
+        self.v6 = sock.family == socket.AF_INET6
+        if self.v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    def _readable(self) -> None:
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data, ancdata, _flags, addr = self.sock.recvmsg(65535, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors surface here; keep serving
+                log.debug("udp error: %s", exc)
+                continue
+            cmsg = self._reply_cmsg(ancdata)
+            reply = self.handle(data, addr[0], False)
+            if reply is None:
+                continue
+            if isinstance(reply, bytes):
+                self._send(reply, addr, cmsg)
+            else:
+                self.tasks.spawn(self._send_later(reply, addr, cmsg))
+
+    def _reply_cmsg(self, ancdata: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+        for level, kind, data in ancdata:
+            if not self.v6 and level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                # struct in_pktinfo {ifindex; spec_dst; addr}: reply from addr
+                return [(level, kind, b"\x00\x00\x00\x00" + data[8:12] + b"\x00" * 4)]
+            if self.v6 and level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
+                # struct in6_pktinfo {addr; ifindex}: keep both (link-local scope)
+                return [(level, kind, data[:20])]
+        return []
+
+    def _send(self, reply: bytes, addr: Any, cmsg: list[tuple[int, int, bytes]]) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.sendmsg([reply], cmsg, 0, addr)
+        except (BlockingIOError, InterruptedError):
+            pass  # the socket buffer is full: drop, as a UDP server must
+        except OSError as exc:
+            log.debug("udp send to %s failed: %s", addr[0], exc)
+
+    async def _send_later(self, pending: Awaitable[Reply], addr: Any,
+                          cmsg: list[tuple[int, int, bytes]]) -> None:
+        reply = await pending
+        if reply is not None:
+            self._send(reply, addr, cmsg)
