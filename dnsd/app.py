@@ -18,10 +18,12 @@ from typing import Any
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config, HostPort
 from dnsd.handler import Forwarder, Handler
+from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.server import PktinfoUdp, Tasks, TcpLimits, TcpProtocol, UdpProtocol
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.static import StaticSource
+from dnsd.stats import QueryStats
 from dnsd.table import Snapshot, Table
 
 log = logging.getLogger("dnsd")
@@ -75,9 +77,12 @@ class App:
         self.answerer = Answerer(ZoneSettings(
             domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
             only_passing=cfg.only_passing, ns_addresses=ns_addresses))
+        self.stats = QueryStats()
         self.handler = Handler(self.table, self.answerer, self.forwarder,
                                cfg.allow_recursion, udp_answer_limit=cfg.udp_answer_limit,
-                               log_queries=cfg.query_log)
+                               log_queries=cfg.query_log, stats=self.stats,
+                               timed=cfg.metrics is not None)
+        self.metrics: MetricsServer | None = None
         self._source_tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.table.subscribe(self._swapped)
@@ -128,9 +133,21 @@ class App:
         for source in self.static_sources:
             self.publish(source.name, source.load())
 
+    def metrics_inputs(self) -> MetricsInputs:
+        return MetricsInputs(
+            stats=self.stats, table=self.table, statuses=lambda: self.statuses,
+            ready=lambda: self.ready,
+            forwarder_stats=lambda: getattr(self.forwarder, "stats", None),
+            source_counters=lambda: {s.name: dict(getattr(s, "counters", {}))
+                                     for s in self.sources if getattr(s, "counters", None)})
+
     async def start(self) -> None:
         self.load_static()
         await self._bind_all()
+        if self.config.metrics is not None:
+            self.metrics = MetricsServer(self.metrics_inputs())
+            host, port = await self.metrics.start(*self.config.metrics)
+            log.info("metrics on http://%s/metrics", format_hostport(host, port))
         if self.forwarder is not None:
             await self.forwarder.start()
         for source in self.sources:
@@ -229,6 +246,8 @@ class App:
         await asyncio.gather(*self._source_tasks, return_exceptions=True)
         if self.forwarder is not None:
             await self.forwarder.close()
+        if self.metrics is not None:
+            await self.metrics.close()
 
 
 def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:

@@ -12,8 +12,7 @@ import ipaddress
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from dnsd.answer import (
@@ -25,6 +24,7 @@ from dnsd.answer import (
     reply_flags,
     udp_limit,
 )
+from dnsd.stats import QueryStats
 from dnsd.table import Table
 from dnsd.wire import (
     BADVERS,
@@ -60,31 +60,21 @@ class Forwarder(Protocol):
     async def forward(self, query: Query, over_tcp: bool) -> bytes: ...
 
 
-@dataclass(slots=True)
-class HandlerStats:
-    """Counters the metrics endpoint reads; plain ints, no locking (one loop)."""
-
-    queries: int = 0
-    dropped: int = 0
-    by_rcode: dict[int, int] = field(default_factory=dict)
-
-
 class Handler:
     """Decides every reply. Call on the event loop thread."""
 
     def __init__(self, table: Table, answerer: Answerer, forwarder: Forwarder | None,
                  allow_recursion: Sequence[Network], *, udp_answer_limit: int = 0,
-                 log_queries: bool = False,
-                 observe: Callable[[Query | None, bytes | None, str, float], None] | None = None
-                 ) -> None:
+                 log_queries: bool = False, stats: QueryStats | None = None,
+                 timed: bool = False) -> None:
         self.table = table
         self.answerer = answerer
         self.forwarder = forwarder if forwarder is not None and forwarder.enabled else None
         self.allow = tuple(allow_recursion)
         self.udp_answer_limit = udp_answer_limit
         self.log_queries = log_queries
-        self.observe = observe
-        self.stats = HandlerStats()
+        self.stats = stats if stats is not None else QueryStats()
+        self.timed = timed or log_queries
         self._allowed_cache: dict[str, bool] = {}
 
     def handle(self, wire: bytes, client: str, over_tcp: bool) -> Reply | Awaitable[Reply]:
@@ -101,13 +91,11 @@ class Handler:
           awaitable of the forwarded reply; otherwise REFUSED;
         - any unexpected exception: SERVFAIL, logged with its traceback.
         """
-        self.stats.queries += 1
-        started = time.perf_counter() if (self.log_queries or self.observe) else 0.0
+        started = time.perf_counter() if self.timed else 0.0
         query: Query | None = None
         try:
             if len(wire) < 12 or wire[2] & 0x80:
-                self.stats.dropped += 1
-                return None
+                return self._finish(None, None, client, over_tcp, started)
             try:
                 query = parse_query(wire)
             except Malformed:
@@ -164,18 +152,19 @@ class Handler:
 
     def _finish(self, query: Query | None, reply: Reply, client: str, over_tcp: bool,
                 started: float) -> Reply:
-        if reply is not None and len(reply) >= 4:
-            rcode = reply[3] & 0xF
-            self.stats.by_rcode[rcode] = self.stats.by_rcode.get(rcode, 0) + 1
-        if self.observe is not None:
-            self.observe(query, reply, "tcp" if over_tcp else "udp",
-                         time.perf_counter() - started)
+        transport = "tcp" if over_tcp else "udp"
+        if reply is None:
+            self.stats.dropped += 1
+        else:
+            self.stats.count(query.qtype if query is not None else 0, reply[3] & 0xF, transport)
+        if self.timed:
+            self.stats.observe(time.perf_counter() - started)
         if self.log_queries:
             rcode_text = str(reply[3] & 0xF) if reply is not None and len(reply) >= 4 else "-"
             name = query.text() if query is not None else "?"
             qtype = query.qtype if query is not None else 0
-            query_log.info("%s %s %s type=%d rcode=%s %.2fms", client,
-                           "tcp" if over_tcp else "udp", name, qtype, rcode_text,
+            query_log.info("%s %s %s type=%d rcode=%s %.2fms", client, transport, name,
+                           qtype, rcode_text,
                            (time.perf_counter() - started) * 1000)
         return reply
 

@@ -1,0 +1,79 @@
+"""The operations endpoint: Prometheus metrics, /health and /ready."""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SERVICES
+from tests.dnsd_process import DnsdProcess
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _value(text: str, metric: str) -> float:
+    match = re.search(rf"^{re.escape(metric)} (\S+)$", text, re.M)
+    assert match, f"{metric} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_replies_by_type_rcode_and_transport() -> None:
+    port = _free_port()
+    with DnsdProcess(["--static", str(SERVICES), "--metrics", f"127.0.0.1:{port}"]) as proc:
+        proc.wait_for_log("metrics on")
+        for _ in range(3):
+            proc.query("web.service.consul", "A")
+        proc.query("nope.service.consul", "A")
+        proc.query("web.service.consul", "SRV", tcp=True)
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert _value(text, 'dnsd_responses_total{qtype="A",rcode="NOERROR",'
+                            'transport="udp"}') == 3
+        assert _value(text, 'dnsd_responses_total{qtype="A",rcode="NXDOMAIN",'
+                            'transport="udp"}') == 1
+        assert _value(text, 'dnsd_responses_total{qtype="SRV",rcode="NOERROR",'
+                            'transport="tcp"}') == 1
+        assert _value(text, "dnsd_response_seconds_count") == 5
+        assert _value(text, "dnsd_table_instances") == 14
+        assert _value(text, "dnsd_ready") == 1
+        assert _value(text, f'dnsd_source_state{{source="static:{SERVICES}",state="up"}}') == 1
+        assert _get(f"http://127.0.0.1:{port}/health") == (200, "ok\n")
+        assert _get(f"http://127.0.0.1:{port}/ready")[0] == 200
+        assert _get(f"http://127.0.0.1:{port}/other")[0] == 404
+
+
+def test_ready_reports_a_stale_source(tmp_path: Path) -> None:
+    path = tmp_path / "services.toml"
+    path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.1"\n')
+    port = _free_port()
+    with DnsdProcess(["--static", str(path), "--metrics", f"127.0.0.1:{port}"]) as proc:
+        proc.wait_for_log("metrics on")
+        path.write_text("broken = [")
+        proc.wait_for_log("still serving")
+        status, body = _get(f"http://127.0.0.1:{port}/ready")
+        assert status == 200  # it has data to serve ...
+        assert "stale" in body and "not valid TOML" in body  # ... and says it is stale
+        _, text = _get(f"http://127.0.0.1:{port}/metrics")
+        assert _value(text, f'dnsd_source_state{{source="static:{path}",state="stale"}}') == 1
+
+
+def test_bad_metrics_address_is_one_line() -> None:
+    with pytest.raises(RuntimeError, match="--metrics"):
+        DnsdProcess(["--metrics", "nowhere"])
