@@ -56,6 +56,7 @@ class App:
     """One dnsd process."""
 
     config: Config
+    worker: int = 0  # index among --workers processes; worker 0 serves --metrics
     table: Table = field(init=False)
     statuses: dict[str, SourceStatus] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
@@ -144,7 +145,7 @@ class App:
     async def start(self) -> None:
         self.load_static()
         await self._bind_all()
-        if self.config.metrics is not None:
+        if self.config.metrics is not None and self.worker == 0:
             self.metrics = MetricsServer(self.metrics_inputs())
             host, port = await self.metrics.start(*self.config.metrics)
             log.info("metrics on http://%s/metrics", format_hostport(host, port))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-from dnsd.config import load_config
+from dnsd.config import Config, load_config
 from dnsd.errors import DnsdError
 
 
@@ -28,10 +28,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.workers > 1:
+        from dnsd.workers import supervise
+
+        return supervise(config, run_worker)
+    return run_worker(config, 0)
+
+
+def run_worker(config: Config, index: int) -> int:
+    """Run one dnsd process until it is told to stop; return its exit status."""
     from dnsd.app import App  # after logging: importing sources may log
 
     async def run() -> None:
-        app = App(config)
+        app = App(config, worker=index)
         await app.serve()
 
     try:
