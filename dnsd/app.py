@@ -20,6 +20,7 @@ from dnsd.config import Config, HostPort
 from dnsd.handler import Forwarder, Handler
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
+from dnsd.ratelimit import RateLimiter
 from dnsd.server import PktinfoUdp, Tasks, TcpLimits, TcpProtocol, UdpProtocol
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.static import StaticSource
@@ -82,7 +83,9 @@ class App:
         self.handler = Handler(self.table, self.answerer, self.forwarder,
                                cfg.allow_recursion, udp_answer_limit=cfg.udp_answer_limit,
                                log_queries=cfg.query_log, stats=self.stats,
-                               timed=cfg.metrics is not None)
+                               timed=cfg.metrics is not None,
+                               rate_limiter=RateLimiter(cfg.rate_limit) if cfg.rate_limit
+                               else None)
         self.metrics: MetricsServer | None = None
         self._source_tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()

@@ -24,6 +24,7 @@ from dnsd.answer import (
     reply_flags,
     udp_limit,
 )
+from dnsd.ratelimit import RateLimiter, Verdict
 from dnsd.stats import QueryStats
 from dnsd.table import Table
 from dnsd.wire import (
@@ -66,7 +67,7 @@ class Handler:
     def __init__(self, table: Table, answerer: Answerer, forwarder: Forwarder | None,
                  allow_recursion: Sequence[Network], *, udp_answer_limit: int = 0,
                  log_queries: bool = False, stats: QueryStats | None = None,
-                 timed: bool = False) -> None:
+                 timed: bool = False, rate_limiter: RateLimiter | None = None) -> None:
         self.table = table
         self.answerer = answerer
         self.forwarder = forwarder if forwarder is not None and forwarder.enabled else None
@@ -75,6 +76,7 @@ class Handler:
         self.log_queries = log_queries
         self.stats = stats if stats is not None else QueryStats()
         self.timed = timed or log_queries
+        self.rate_limiter = rate_limiter
         self._allowed_cache: dict[str, bool] = {}
 
     def handle(self, wire: bytes, client: str, over_tcp: bool) -> Reply | Awaitable[Reply]:
@@ -89,10 +91,13 @@ class Handler:
           answer, authoritative; rcodes per :meth:`Answerer.lookup`;
         - another name, from a client allowed recursion, with upstreams: an
           awaitable of the forwarded reply; otherwise REFUSED;
-        - any unexpected exception: SERVFAIL, logged with its traceback.
+        - any unexpected exception: SERVFAIL, logged with its traceback;
+        - over UDP, a client prefix over ``--rate-limit``: no reply, or every
+          second time an empty TC reply so a real client retries over TCP.
         """
         started = time.perf_counter() if self.timed else 0.0
         query: Query | None = None
+        reply: Reply | Awaitable[Reply]
         try:
             if len(wire) < 12 or wire[2] & 0x80:
                 return self._finish(None, None, client, over_tcp, started)
@@ -100,6 +105,12 @@ class Handler:
                 query = parse_query(wire)
             except Malformed:
                 return self._finish(None, error_reply(wire, FORMERR), client, over_tcp, started)
+            if self.rate_limiter is not None and not over_tcp:
+                verdict = self.rate_limiter.check(client)
+                if verdict is not Verdict.ALLOW:
+                    self.stats.rate_limited += 1
+                    slip = truncated_reply(query) if verdict is Verdict.SLIP else None
+                    return self._finish(query, slip, client, over_tcp, started)
             reply = self._answer(query, client, over_tcp)
         except Exception:
             log.exception("internal error answering a query from %s", client)
@@ -167,6 +178,12 @@ class Handler:
                            qtype, rcode_text,
                            (time.perf_counter() - started) * 1000)
         return reply
+
+
+def truncated_reply(query: Query) -> bytes:
+    """An empty reply with TC set: "ask again over TCP" (RFC 7766 5)."""
+    flags = reply_flags(query, 0, aa=False, ra=False, tc=True)
+    return struct.pack("!HHHHHH", query.id, flags, 1, 0, 0, 0) + query.question
 
 
 def error_reply(wire: bytes, rcode: int, query: Query | None = None, *, ra: bool = False) -> bytes:

@@ -251,3 +251,26 @@ def test_wildcard_listener_replies_from_the_address_asked(listen: str, family: i
         assert len(dns.message.from_wire(wire).answer[0]) == 3
         reply = dns.query.tcp(query, target, port=proc.port, timeout=3)
         assert len(reply.answer[0]) == 3
+
+
+def test_rate_limit_slips_truncated_replies_and_spares_tcp() -> None:
+    with DnsdProcess(["--static", str(SERVICES), "--rate-limit", "5"]) as proc:
+        query = dns.message.make_query("web.service.consul", "A")
+        answered = truncated = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _ in range(30):  # a burst well over 5 per second
+                sock.sendto(query.to_wire(), (proc.host, proc.port))
+            sock.settimeout(0.5)
+            try:
+                while True:
+                    reply = dns.message.from_wire(sock.recv(65535))
+                    if reply.flags & dns.flags.TC:
+                        truncated += 1
+                    else:
+                        answered += 1
+            except TimeoutError:
+                pass
+        silent = 30 - answered - truncated
+        assert 5 <= answered <= 7 and truncated >= 10 and silent >= 10
+        reply = dns.query.tcp(query, proc.host, port=proc.port, timeout=3)
+        assert len(reply.answer[0]) == 3  # the TC fallback always works
