@@ -277,18 +277,22 @@ def reply_flags(query: Query, rcode: int, *, aa: bool, ra: bool, tc: bool = Fals
 
 
 def render(query: Query, answer: AnswerSet, *, limit: int, answer_cap: int = 0,
-           ra: bool = False) -> bytes:
+           ra: bool = False, turn: int | None = None) -> bytes:
     """The reply to ``query``: rotated, capped, and fitted into ``limit`` bytes.
 
     Whole records only. Additional records are dropped first, without TC (RFC
     2181 9: they are optional); when answer or authority records do not fit,
     as many as fit are kept and TC is set so the client retries over TCP.
     ``answer_cap`` (Consul's udp_answer_limit) trims answers without TC.
+    ``turn`` picks the rotation; by default the answer set's own counter does.
     """
     answers = answer.answers
     extras = answer.extras
     if len(answers) > 1:
-        turn = answer.next_turn()
+        if turn is None:
+            turn = answer.next_turn()
+        else:
+            turn %= len(answers)
         if turn:
             answers = answers[turn:] + answers[:turn]
             if extras:

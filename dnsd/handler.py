@@ -51,6 +51,33 @@ TCP_LIMIT = 65535
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Reply = bytes | None
 
+MAX_ROTATIONS = 64      # answers with more records are rendered per query instead
+MAX_CACHED_REPLIES = 20_000
+
+
+class CachedReply:
+    """Every rotation of one in-zone reply, rendered, without its 2-byte ID.
+
+    The hot path: a query whose bytes after the ID were seen before under the
+    same snapshot is answered by prepending its ID to the next rotation, with
+    no parsing at all. Same bytes means same question (case included), flags,
+    EDNS size and options, so the rendered reply is exactly what the slow path
+    would build.
+    """
+
+    __slots__ = ("qtype", "rcode", "renders", "turn")
+
+    def __init__(self, qtype: int, rcode: int, renders: list[bytes]) -> None:
+        self.qtype = qtype
+        self.rcode = rcode
+        self.renders = renders
+        self.turn = 0
+
+    def next(self) -> bytes:
+        turn = self.turn
+        self.turn = turn + 1
+        return self.renders[turn % len(self.renders)]
+
 
 class Forwarder(Protocol):
     """What the handler needs from forwarding (``dnsd.forward.Forwarder``)."""
@@ -78,6 +105,8 @@ class Handler:
         self.timed = timed or log_queries
         self.rate_limiter = rate_limiter
         self._allowed_cache: dict[str, bool] = {}
+        self._replies_version = -1
+        self._replies: tuple[dict[bytes, CachedReply], dict[bytes, CachedReply]] = ({}, {})
 
     def handle(self, wire: bytes, client: str, over_tcp: bool) -> Reply | Awaitable[Reply]:
         """The reply to one message from ``client`` (its IP address).
@@ -96,6 +125,19 @@ class Handler:
           second time an empty TC reply so a real client retries over TCP.
         """
         started = time.perf_counter() if self.timed else 0.0
+        if not self.log_queries:
+            # The hot path: a reply rendered before under this snapshot.
+            version = self.table.snapshot.version
+            if version != self._replies_version:
+                self._replies[0].clear()
+                self._replies[1].clear()
+                self._replies_version = version
+            cached = self._replies[over_tcp].get(wire[2:])
+            if cached is not None and (over_tcp or self.rate_limiter is None):
+                self.stats.count(cached.qtype, cached.rcode, "tcp" if over_tcp else "udp")
+                if self.timed:
+                    self.stats.observe(time.perf_counter() - started)
+                return wire[:2] + cached.next()
         query: Query | None = None
         reply: Reply | Awaitable[Reply]
         try:
@@ -129,10 +171,19 @@ class Handler:
         answer: AnswerSet | None = self.answerer.lookup(query, self.table.snapshot)
         ra = self.forwarder is not None
         if answer is not None:
-            if over_tcp:
-                return render(query, answer, limit=TCP_LIMIT, ra=ra)
-            cap = self.udp_answer_limit if query.edns is None else 0
-            return render(query, answer, limit=udp_limit(query), answer_cap=cap, ra=ra)
+            limit = TCP_LIMIT if over_tcp else udp_limit(query)
+            cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
+            turns = len(answer.answers)
+            if turns > MAX_ROTATIONS:
+                return render(query, answer, limit=limit, answer_cap=cap, ra=ra)
+            renders = [render(query, answer, limit=limit, answer_cap=cap, ra=ra, turn=t)[2:]
+                       for t in range(max(turns, 1))]
+            cached = CachedReply(query.qtype, answer.rcode, renders)
+            replies = self._replies[over_tcp]
+            if len(replies) >= MAX_CACHED_REPLIES:  # random names: start over
+                replies.clear()
+            replies[query.wire[2:]] = cached
+            return query.wire[:2] + cached.next()
         if self.forwarder is not None and self.recursion_allowed(client):
             return self.forwarder.forward(query, over_tcp)
         return error_reply(query.wire, REFUSED, query, ra=ra)
