@@ -1,0 +1,159 @@
+"""The protocol classes on fake transports: framing, pipelining, limits, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+
+from dnsd.handler import Reply
+from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpProtocol
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self, peer: tuple[str, int] = ("192.0.2.1", 5353)) -> None:
+        super().__init__()
+        self.peer = peer
+        self.written: list[bytes] = []
+        self.sent: list[tuple[bytes, Any]] = []
+        self.closed = False
+        self.aborted = False
+        self.paused = False
+        self.limits: dict[str, int] = {}
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.sent.append((data, addr))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.limits = {"high": high or 0}
+
+
+def frames(data: bytes) -> list[bytes]:
+    out = []
+    while data:
+        (size,) = struct.unpack_from("!H", data)
+        out.append(data[2:2 + size])
+        data = data[2 + size:]
+    return out
+
+
+def echo(wire: bytes, client: str, tcp: bool) -> Reply:
+    return b"R" + wire
+
+
+async def test_tcp_frames_split_and_joined_arbitrarily() -> None:
+    proto = TcpProtocol(echo, Tasks(), TcpLimits())
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    stream = b"".join(struct.pack("!H", len(m)) + m for m in (b"one", b"two", b"three"))
+    for i in range(len(stream)):  # one byte at a time
+        proto.data_received(stream[i:i + 1])
+    assert frames(b"".join(transport.written)) == [b"Rone", b"Rtwo", b"Rthree"]
+    proto.connection_lost(None)
+
+
+async def test_tcp_async_replies_in_completion_order_and_in_flight_cap() -> None:
+    gates: dict[bytes, asyncio.Event] = {}
+
+    def slow(wire: bytes, client: str, tcp: bool) -> Reply | Awaitable[Reply]:
+        gates[wire] = asyncio.Event()
+
+        async def later() -> Reply:
+            await gates[wire].wait()
+            return b"R" + wire
+        return later()
+
+    tasks = Tasks()
+    proto = TcpProtocol(slow, tasks, TcpLimits(max_in_flight=2))
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"".join(struct.pack("!H", 1) + bytes([c]) for c in b"abc"))
+    assert set(gates) == {b"a", b"b"} and transport.paused  # the cap stops reading
+    gates[b"b"].set()
+    await asyncio.sleep(0.01)
+    assert frames(b"".join(transport.written)) == [b"Rb"]  # answered out of order
+    assert b"c" in gates  # reading resumed and the queued query was taken
+    gates[b"a"].set()
+    gates[b"c"].set()
+    await tasks.drain(1)
+    assert frames(b"".join(transport.written)) == [b"Rb", b"Ra", b"Rc"]
+
+
+async def test_tcp_connection_cap_and_idle_timeout() -> None:
+    limits = TcpLimits(max_connections=1, idle_timeout=0.05)
+    first, second = TcpProtocol(echo, Tasks(), limits), TcpProtocol(echo, Tasks(), limits)
+    t1, t2 = FakeTransport(), FakeTransport()
+    first.connection_made(t1)
+    second.connection_made(t2)
+    assert t2.aborted and not t1.aborted
+    await asyncio.sleep(0.1)
+    assert t1.closed  # idle
+    first.connection_lost(None)
+    second.connection_lost(None)
+    assert limits.open == 0
+
+
+async def test_tcp_client_that_does_not_read_is_not_read_either() -> None:
+    proto = TcpProtocol(echo, Tasks(), TcpLimits())
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.pause_writing()
+    assert transport.paused
+    proto.data_received(struct.pack("!H", 1) + b"x")
+    assert transport.written == []  # held until the client reads
+    proto.resume_writing()
+    assert not transport.paused and frames(b"".join(transport.written)) == [b"Rx"]
+
+
+async def test_tcp_oversized_buffer_is_aborted() -> None:
+    proto = TcpProtocol(echo, Tasks(), TcpLimits(max_buffered=10))
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.pause_writing()
+    proto.data_received(b"\xff\xff" + b"x" * 70000)
+    assert transport.aborted
+
+
+@pytest.mark.parametrize("reply", [b"answer", None])
+async def test_udp_sends_sync_replies_and_skips_drops(reply: bytes | None) -> None:
+    proto = UdpProtocol(lambda w, c, t: reply, Tasks())
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.datagram_received(b"query", ("192.0.2.1", 53000))
+    assert transport.sent == ([(reply, ("192.0.2.1", 53000))] if reply else [])
+
+
+async def test_udp_sends_async_replies_later() -> None:
+    async def later() -> Reply:
+        return b"late"
+    tasks = Tasks()
+    proto = UdpProtocol(lambda w, c, t: later(), tasks)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.datagram_received(b"q", ("192.0.2.1", 1))
+    await tasks.drain(1)
+    assert transport.sent == [(b"late", ("192.0.2.1", 1))]
