@@ -6,6 +6,7 @@ shutdown on SIGTERM/SIGINT). The only module that knows every other one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -17,6 +18,7 @@ from typing import Any
 
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config, HostPort
+from dnsd.errors import DnsdError
 from dnsd.handler import Forwarder, Handler
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
@@ -58,6 +60,8 @@ class App:
 
     config: Config
     worker: int = 0  # index among --workers processes; worker 0 serves --metrics
+    # Re-reads flags, environment and config file on SIGHUP (None: static files only).
+    reload_config: Callable[[], Config] | None = None
     table: Table = field(init=False)
     statuses: dict[str, SourceStatus] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
@@ -74,11 +78,7 @@ class App:
         for source in self.sources:
             self.statuses[source.name] = SourceStatus()
         self.forwarder: Any = self._forwarder()
-        ns_addresses = tuple(host for host, _ in cfg.listen
-                             if not ipaddress.ip_address(host).is_unspecified)
-        self.answerer = Answerer(ZoneSettings(
-            domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
-            only_passing=cfg.only_passing, ns_addresses=ns_addresses))
+        self.answerer = Answerer(zone_settings(cfg))
         self.stats = QueryStats()
         self.handler = Handler(self.table, self.answerer, self.forwarder,
                                cfg.allow_recursion, udp_answer_limit=cfg.udp_answer_limit,
@@ -214,10 +214,57 @@ class App:
         raise AssertionError("unreachable")
 
     def reload(self) -> None:
-        """SIGHUP: re-read the services files now."""
-        log.info("SIGHUP: reloading services files")
+        """SIGHUP: re-read the configuration and the services files.
+
+        Answer settings, the services file list, recursion and rate limits and
+        logging apply at once; listen addresses, registries and upstreams need
+        a restart, and a changed one is logged as such. A bad configuration is
+        logged and the running one kept. No query is dropped: the loop only
+        swaps references between two packets.
+        """
+        log.info("SIGHUP: reloading configuration and services files")
+        if self.reload_config is not None:
+            try:
+                new = self.reload_config()
+            except DnsdError as exc:
+                log.error("SIGHUP: %s; keeping the running configuration", exc)
+                new = self.config
+            if new != self.config:
+                self._apply(new)
         for source in self.static_sources:
             source.reload(self)
+
+    def _apply(self, new: Config) -> None:
+        old = self.config
+        for name in RESTART_ONLY:
+            if getattr(new, name) != getattr(old, name):
+                log.warning("SIGHUP: %s changed; restart dnsd to apply it", name)
+        logging.getLogger().setLevel(getattr(logging, new.log_level.upper()))
+        if new.static != old.static:
+            keep = {s.path: s for s in self.static_sources}
+            fresh = []
+            for path in new.static:
+                source = keep.pop(path, None) or StaticSource(path, new.node_name,
+                                                              new.datacenter)
+                fresh.append(source)
+            for gone in keep.values():
+                self.sources.remove(gone)
+                self.statuses.pop(gone.name, None)
+                self.table.remove(gone.name)
+            for source in fresh:
+                if source not in self.static_sources:
+                    self.sources.append(source)
+                    self.statuses[source.name] = SourceStatus()
+                    self._source_tasks.append(asyncio.create_task(self._supervise(source)))
+            self.static_sources = fresh
+        self.answerer = Answerer(zone_settings(new))
+        self.handler.reconfigure(
+            answerer=self.answerer, allow_recursion=new.allow_recursion,
+            udp_answer_limit=new.udp_answer_limit, log_queries=new.query_log,
+            rate_limiter=RateLimiter(new.rate_limit) if new.rate_limit else None)
+        self.config = dataclasses.replace(
+            new, **{name: getattr(old, name) for name in RESTART_ONLY})
+        log.info("SIGHUP: configuration applied")
 
     def stop(self) -> None:
         self._stop.set()
@@ -252,6 +299,20 @@ class App:
             await self.forwarder.close()
         if self.metrics is not None:
             await self.metrics.close()
+
+
+# Settings a running process cannot change: they need a restart.
+RESTART_ONLY = ("listen", "workers", "consul", "consul_token", "consul_ca",
+                "consul_datacenters", "zookeeper", "zookeeper_datacenter", "upstream",
+                "upstream_for", "upstream_policy", "state_dir", "metrics", "domain",
+                "alt_domain", "datacenter", "datacenter_set", "node_name")
+
+
+def zone_settings(cfg: Config) -> ZoneSettings:
+    ns_addresses = tuple(host for host, _ in cfg.listen
+                         if not ipaddress.ip_address(host).is_unspecified)
+    return ZoneSettings(domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
+                        only_passing=cfg.only_passing, ns_addresses=ns_addresses)
 
 
 def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:

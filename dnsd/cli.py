@@ -31,16 +31,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers > 1:
         from dnsd.workers import supervise
 
-        return supervise(config, run_worker)
-    return run_worker(config, 0)
+        return supervise(config, lambda cfg, index: run_worker(cfg, index, args))
+    return run_worker(config, 0, args)
 
 
-def run_worker(config: Config, index: int) -> int:
+def run_worker(config: Config, index: int, args: Sequence[str] = ()) -> int:
     """Run one dnsd process until it is told to stop; return its exit status."""
     from dnsd.app import App  # after logging: importing sources may log
 
     async def run() -> None:
-        app = App(config, worker=index)
+        app = App(config, worker=index, reload_config=lambda: load_config(args))
         await app.serve()
 
     try:

@@ -108,6 +108,19 @@ class Handler:
         self._replies_version = -1
         self._replies: tuple[dict[bytes, CachedReply], dict[bytes, CachedReply]] = ({}, {})
 
+    def reconfigure(self, *, answerer: Answerer, allow_recursion: Sequence[Network],
+                    udp_answer_limit: int, log_queries: bool,
+                    rate_limiter: RateLimiter | None) -> None:
+        """Swap in new settings between two queries (SIGHUP)."""
+        self.answerer = answerer
+        self.allow = tuple(allow_recursion)
+        self._allowed_cache.clear()
+        self.udp_answer_limit = udp_answer_limit
+        self.log_queries = log_queries
+        self.timed = self.timed or log_queries
+        self.rate_limiter = rate_limiter
+        self._replies_version = -1  # rendered replies may differ now
+
     def handle(self, wire: bytes, client: str, over_tcp: bool) -> Reply | Awaitable[Reply]:
         """The reply to one message from ``client`` (its IP address).
 

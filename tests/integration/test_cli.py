@@ -168,3 +168,30 @@ def test_listen_conflict_is_one_line() -> None:
         result = run_cli(["--listen", f"127.0.0.1:{first.port}"])
         assert result.returncode == 1
         assert "cannot listen" in result.stderr and str(first.port) in result.stderr
+
+
+def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
+    first = tmp_path / "a.toml"
+    first.write_text('[[services]]\nname = "web"\naddress = "10.0.0.1"\n')
+    second = tmp_path / "b.toml"
+    second.write_text('[[services]]\nname = "api"\naddress = "10.0.0.2"\n')
+    config = tmp_path / "dnsd.toml"
+    config.write_text(f'static = ["{first}"]\nttl = 5\n')
+    with DnsdProcess(["--config", str(config)]) as proc:
+        assert proc.query("web.service.consul", "A").answer[0].ttl == 5
+        assert proc.query("api.service.consul", "A").rcode() == dns.rcode.NXDOMAIN
+
+        config.write_text(f'static = ["{second}"]\nttl = 9\nnode_name = "elsewhere"\n')
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_log("configuration applied")
+        assert "node_name changed; restart" in proc.log
+        assert proc.query("api.service.consul", "A").answer[0].ttl == 9
+        deadline = time.monotonic() + 2
+        while proc.query("web.service.consul", "A").rcode() != dns.rcode.NXDOMAIN:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+        config.write_text("ttl = 'soon'\n")  # a bad edit keeps the running configuration
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_log("keeping the running configuration")
+        assert proc.query("api.service.consul", "A").answer[0].ttl == 9
