@@ -56,6 +56,20 @@ class AnswerSet:
     pick_one: bool = False
     _turn: int = field(default=0)
 
+    def one_rrset(self) -> AnswerSet:
+        """Only the first RRset: RFC 8482 4.1's minimal reply to ANY over UDP,
+        so an ANY query returns no more than the plain query for that type."""
+        if not self.answers or self.answers[0][:2] != rr.QNAME_POINTER:
+            return self
+        rtype = self.answers[0][2:4]
+        keep = [i for i, rec in enumerate(self.answers)
+                if rec[:2] == rr.QNAME_POINTER and rec[2:4] == rtype]
+        if len(keep) == len(self.answers):
+            return self
+        return AnswerSet(self.rcode, tuple(self.answers[i] for i in keep), self.authority,
+                         tuple(self.extras[i] for i in keep) if self.extras else (),
+                         self.additional if rtype == b"\x00\x02" else (), self.pick_one)
+
     def next_turn(self) -> int:
         """The rotation offset for the next reply: each record leads in turn."""
         turn = self._turn

@@ -45,6 +45,7 @@ log = logging.getLogger("dnsd.handler")
 query_log = logging.getLogger("dnsd.query")
 
 CLASS_IN = 1
+QTYPE_ANY = 255
 ZONE_TRANSFERS = (251, 252)  # IXFR, AXFR: not served (RFC 5936 allows REFUSED)
 TCP_LIMIT = 65535
 
@@ -184,6 +185,8 @@ class Handler:
         answer: AnswerSet | None = self.answerer.lookup(query, self.table.snapshot)
         ra = self.forwarder is not None
         if answer is not None:
+            if query.qtype == QTYPE_ANY and not over_tcp:
+                answer = answer.one_rrset()
             limit = TCP_LIMIT if over_tcp else udp_limit(query)
             cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
             turns = len(answer.answers)

@@ -274,3 +274,12 @@ def test_rate_limit_slips_truncated_replies_and_spares_tcp() -> None:
         assert 5 <= answered <= 7 and truncated >= 10 and silent >= 10
         reply = dns.query.tcp(query, proc.host, port=proc.port, timeout=3)
         assert len(reply.answer[0]) == 3  # the TC fallback always works
+
+
+def test_any_over_udp_is_minimal_and_complete_over_tcp(dnsd: DnsdProcess) -> None:
+    udp = dnsd.query("api.service.consul", "ANY")
+    assert len(udp.answer) == 1  # one RRset (RFC 8482)
+    tcp = dnsd.query("api.service.consul", "ANY", tcp=True)
+    assert {dns.rdatatype.to_text(r.rdtype) for r in tcp.answer} == {"A", "AAAA"}
+    apex = dnsd.query("consul", "ANY", tcp=True)
+    assert {dns.rdatatype.to_text(r.rdtype) for r in apex.answer} == {"SOA", "NS"}

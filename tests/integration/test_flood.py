@@ -1,0 +1,122 @@
+"""Floods: garbage interleaved with valid queries, and slow TCP clients.
+
+The default variants are short enough for ``make test``; the million-packet
+flood is marked slow and run by hand: ``pytest -m slow tests/integration/test_flood.py``.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+
+import dns.message
+import pytest
+
+from tests.conftest import SERVICES
+from tests.dnsd_process import DnsdProcess
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _flood(proc: DnsdProcess, packets: int) -> tuple[int, int]:
+    """Send garbage with a valid query every 100 packets; count valid replies."""
+    rng = random.Random(1)
+    valid = dns.message.make_query("web.service.consul", "A")
+    garbage = [rng.randbytes(rng.randrange(0, 300)) for _ in range(512)]
+    # mutated queries too: real headers with broken bodies
+    garbage += [valid.to_wire()[:rng.randrange(12, 30)] for _ in range(64)]
+    sent = answered = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        sock.setblocking(False)
+        probe.settimeout(1.0)
+        for i in range(packets):
+            try:
+                sock.sendto(garbage[i % len(garbage)], (proc.host, proc.port))
+            except BlockingIOError:
+                time.sleep(0.0005)
+            if i % 100 == 0:
+                valid.id = rng.randrange(65536)
+                probe.sendto(valid.to_wire(), (proc.host, proc.port))
+                sent += 1
+                try:
+                    while True:
+                        reply = dns.message.from_wire(probe.recv(4096))
+                        if reply.id == valid.id:
+                            answered += 1
+                            break
+                except (TimeoutError, dns.exception.DNSException):
+                    pass
+    return sent, answered
+
+
+def _run_flood(packets: int, min_fraction: float) -> None:
+    with DnsdProcess(["--static", str(SERVICES)]) as proc:
+        before = _rss_kb(proc.proc.pid)
+        sent, answered = _flood(proc, packets)
+        after = _rss_kb(proc.proc.pid)
+        print(f"flood: {packets} packets, {answered}/{sent} valid queries answered, "
+              f"RSS {before} -> {after} kB")
+        assert answered / sent >= min_fraction
+        assert after - before < 50_000  # bounded: no per-packet state kept
+        assert len(proc.query("web.service.consul", "A").answer[0]) == 3
+
+
+def test_flood_of_garbage_keeps_valid_queries_answered() -> None:
+    _run_flood(50_000, 0.95)
+
+
+@pytest.mark.slow
+def test_million_packet_flood() -> None:
+    _run_flood(1_000_000, 0.95)
+
+
+def test_slow_tcp_clients_cannot_take_the_server() -> None:
+    """Slowloris: connections that trickle one byte a second hold nothing hostage."""
+    with DnsdProcess(["--static", str(SERVICES)]) as proc:
+        slow = []
+        for _ in range(50):
+            sock = socket.create_connection((proc.host, proc.port), timeout=2)
+            sock.sendall(b"\x00")  # half a length prefix
+            slow.append(sock)
+        for _ in range(3):
+            time.sleep(0.2)
+            for sock in slow:
+                try:
+                    sock.sendall(b"\x00")  # a byte at a time
+                except OSError:
+                    pass
+            reply = proc.query("web.service.consul", "A", tcp=True)
+            assert len(reply.answer[0]) == 3
+            assert len(proc.query("web.service.consul", "A").answer[0]) == 3
+        for sock in slow:
+            sock.close()
+
+
+def test_client_that_never_reads_does_not_grow_memory() -> None:
+    with DnsdProcess(["--static", str(SERVICES)]) as proc:
+        query = dns.message.make_query("web.service.consul", "SRV").to_wire()
+        frame = struct.pack("!H", len(query)) + query
+        sock = socket.create_connection((proc.host, proc.port), timeout=2)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        before = _rss_kb(proc.proc.pid)
+        pushed = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and pushed < 20_000_000:
+            try:
+                pushed += sock.send(frame * 200)
+            except BlockingIOError:
+                time.sleep(0.01)  # the server stopped reading us: backpressure works
+        after = _rss_kb(proc.proc.pid)
+        assert after - before < 30_000, (before, after, pushed)
+        assert len(proc.query("web.service.consul", "A", tcp=True).answer[0]) == 3
+        sock.close()
