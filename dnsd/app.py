@@ -98,7 +98,10 @@ class App:
         return sources
 
     def _forwarder(self) -> Forwarder | None:
-        return None
+        from dnsd.forward import Forwarder as UpstreamForwarder
+
+        forwarder = UpstreamForwarder(self.config)
+        return forwarder if forwarder.enabled else None
 
     # --- the Sink the sources report to -------------------------------------
 

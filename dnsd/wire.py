@@ -82,7 +82,7 @@ class Query:
         return ".".join(label.decode("ascii", "backslashreplace") for label in labels) + "."
 
 
-def _skip_name(wire: bytes, pos: int) -> int:
+def skip_name(wire: bytes, pos: int) -> int:
     """Position after a possibly compressed name; bounds- and loop-checked."""
     end = len(wire)
     hops = 0
@@ -142,7 +142,7 @@ def parse_query(wire: bytes) -> Query:
     # the additional section looking for the single OPT record.
     for index in range(ancount + nscount + arcount):
         name_start = pos
-        pos = _skip_name(wire, pos)
+        pos = skip_name(wire, pos)
         if pos + 10 > end:
             raise Malformed("record header cut short")
         rtype, rclass, ttl, rdlength = struct.unpack_from("!HHIH", wire, pos)

@@ -1,0 +1,252 @@
+"""Talking to one upstream resolver: building the upstream query, the UDP and TCP
+exchanges, the rules a reply must pass to be accepted, and reading the reply
+into record boundaries and TTLs (the cache and the renderer work on those).
+
+An upstream reply is accepted only when it comes from the address we sent to,
+has QR set, our random ID, exactly one question, and that question equals ours
+case-insensitively (RFC 5452 9.1). Anything else is ignored and the wait goes on,
+so a spoofed or stray datagram costs nothing but a glance.
+
+Reading is hand-written and bounds-checked (like ``wire``): only the record
+headers are needed, and a reply that does not parse is treated as no reply.
+Imports: ``wire`` and the stdlib only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from dnsd.wire import CD, HEADER, QR, RD, TC, TYPE_OPT, Malformed, skip_name
+
+TYPE_SOA = 6
+EDNS_SIZE = 1232          # what we advertise upstream (DNS flag day 2020)
+MAX_TCP_MESSAGE = 65535
+
+ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
+
+
+class ExchangeError(Exception):
+    """One try with one upstream produced no acceptable reply (timeout, refused
+    connection, closed stream). Never leaves ``forward``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Where one resource record sits in a reply, and what the cache needs of it."""
+
+    section: int        # ANSWER, AUTHORITY or ADDITIONAL
+    start: int          # offset of the owner name in the reply
+    end: int            # offset just past the rdata
+    ttl_at: int         # offset of the 4-byte TTL
+    rtype: int
+    ttl: int
+    soa_minimum: int | None  # the SOA MINIMUM field (RFC 2308 4) when rtype is SOA
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An upstream reply, read far enough to cache and re-render it.
+
+    ``records`` excludes the OPT record, and every record after a misplaced OPT
+    (their names might point into it). The records keep their offsets in
+    ``wire``, which is valid because the re-rendered reply keeps the header and a
+    question of the same length in front of them, so compression pointers
+    (which point backwards, RFC 1035 4.1.4) still land on the same bytes.
+    """
+
+    wire: bytes
+    flags: int
+    question_end: int
+    records: tuple[Record, ...]
+
+    @property
+    def rcode(self) -> int:
+        return self.flags & 0xF
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.flags & TC)
+
+
+def read_reply(wire: bytes) -> Reply:
+    """Read an upstream reply's header, question and record headers.
+
+    Raises :class:`Malformed` when the reply is not one question followed by
+    the counted records (a reply we cannot read is a failed try).
+    """
+    if len(wire) < 12:
+        raise Malformed("shorter than a header")
+    _, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+    if qdcount != 1:
+        raise Malformed(f"qdcount is {qdcount}, not 1")
+    pos = skip_name(wire, 12) + 4
+    if pos > len(wire):
+        raise Malformed("question cut short")
+    question_end = pos
+    records: list[Record] = []
+    end = len(wire)
+    counts = ((ANSWER, ancount), (AUTHORITY, nscount), (ADDITIONAL, arcount))
+    opt_seen = False
+    truncated = bool(flags & TC)
+    for section, count in counts:
+        for _ in range(count):
+            start = pos
+            try:
+                pos = skip_name(wire, pos)
+                if pos + 10 > end:
+                    raise Malformed("record header cut short")
+                rtype, _rclass, ttl, rdlength = struct.unpack_from("!HHIH", wire, pos)
+                ttl_at = pos + 4
+                pos += 10 + rdlength
+                if pos > end:
+                    raise Malformed("record data cut short")
+            except Malformed:
+                # A truncated UDP reply may end mid-record (RFC 2181 9): keep
+                # what is whole; it is only used to decide on the TCP retry.
+                if truncated:
+                    return Reply(wire, flags, question_end, tuple(records))
+                raise
+            if rtype == TYPE_OPT:
+                opt_seen = True
+                continue
+            if opt_seen:
+                continue  # see the class docstring: never move a record
+            soa_minimum = None
+            if rtype == TYPE_SOA:
+                if rdlength < 22:
+                    raise Malformed("SOA record too short")
+                (soa_minimum,) = struct.unpack_from("!I", wire, pos - 4)
+            if ttl & 0x80000000:
+                ttl = 0  # RFC 2181 8: a TTL with the top bit set is treated as zero
+            records.append(Record(section, start, pos, ttl_at, rtype, ttl, soa_minimum))
+    return Reply(wire, flags, question_end, tuple(records))
+
+
+def build_query(ident: int, question: bytes, *, do: bool, cd: bool, edns: bool = True
+                ) -> bytes:
+    """The query we send upstream: RD set (we want recursion done for us), the
+    client's CD bit, and an OPT advertising :data:`EDNS_SIZE` with the client's DO."""
+    flags = RD | (CD if cd else 0)
+    header = HEADER.pack(ident, flags, 1, 0, 0, 1 if edns else 0)
+    if not edns:
+        return header + question
+    opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_SIZE, 0x8000 if do else 0, 0)
+    return header + question + opt
+
+
+def acceptable(reply: bytes, ident: int, question: bytes) -> bool:
+    """True when ``reply`` answers the query with ``ident`` and ``question``.
+
+    The question is compared case-insensitively: the upstream may echo it in any
+    case, but it must be the same name, type and class (RFC 5452 9.1).
+    """
+    if len(reply) < 12 + len(question):
+        return False
+    ident_r, flags, qdcount = struct.unpack_from("!HHH", reply)
+    if ident_r != ident or not flags & QR or qdcount != 1:
+        return False
+    return reply[12:12 + len(question)].lower() == question.lower()
+
+
+class _UdpClient(asyncio.DatagramProtocol):
+    """One UDP query on its own connected socket; resolves with the first
+    acceptable reply. A connected socket already drops datagrams from other
+    addresses; the address is checked again in case the platform does not."""
+
+    def __init__(self, peer: tuple[str, int], ident: int, question: bytes) -> None:
+        self.peer = peer
+        self.ident = ident
+        self.question = question
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.ignored = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.done.done():
+            return
+        if (_normal_host(str(addr[0])), addr[1]) != self.peer or \
+                not acceptable(data, self.ident, self.question):
+            self.ignored += 1
+            return
+        self.done.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable on a connected socket: nobody listens there.
+        if not self.done.done():
+            self.done.set_exception(ExchangeError(f"udp error: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ExchangeError("udp socket closed"))
+
+
+def _normal_host(host: str) -> str:
+    return host.split("%")[0].lower()
+
+
+@dataclass
+class Exchanger:
+    """Sends one query to one upstream over UDP or TCP with a fresh random ID
+    (and, over UDP, a fresh socket whose port the kernel picks at random)."""
+
+    rng: random.Random = field(default_factory=random.SystemRandom)
+
+    def new_id(self) -> int:
+        return self.rng.randrange(0, 65536)
+
+    async def udp(self, addr: tuple[str, int], question: bytes, *, do: bool, cd: bool,
+                  timeout: float, edns: bool = True) -> bytes:
+        ident = self.new_id()
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        peer = (_normal_host(addr[0]), addr[1])
+        try:
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: _UdpClient(peer, ident, question), remote_addr=addr, family=family)
+        except OSError as exc:
+            raise ExchangeError(f"udp socket: {exc}") from None
+        try:
+            transport.sendto(build_query(ident, question, do=do, cd=cd, edns=edns))
+            return await asyncio.wait_for(asyncio.shield(proto.done), timeout)
+        except TimeoutError:
+            raise ExchangeError("udp timeout") from None
+        finally:
+            transport.close()
+            if not proto.done.done():
+                proto.done.cancel()
+            elif not proto.done.cancelled():
+                proto.done.exception()  # mark retrieved: never "exception never retrieved"
+
+    async def tcp(self, addr: tuple[str, int], question: bytes, *, do: bool, cd: bool,
+                  timeout: float, edns: bool = True) -> bytes:
+        ident = self.new_id()
+        try:
+            return await asyncio.wait_for(
+                self._tcp(addr, ident, question, do=do, cd=cd, edns=edns), timeout)
+        except TimeoutError:
+            raise ExchangeError("tcp timeout") from None
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise ExchangeError(f"tcp: {exc}") from None
+
+    async def _tcp(self, addr: tuple[str, int], ident: int, question: bytes, *, do: bool,
+                   cd: bool, edns: bool) -> bytes:
+        reader, writer = await asyncio.open_connection(addr[0], addr[1])
+        try:
+            query = build_query(ident, question, do=do, cd=cd, edns=edns)
+            writer.write(struct.pack("!H", len(query)) + query)
+            await writer.drain()
+            # RFC 7766 allows unrelated messages on a stream; skip any that do not match.
+            for _ in range(8):
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+                reply = await reader.readexactly(length)
+                if acceptable(reply, ident, question):
+                    return reply
+            raise ExchangeError("tcp: no matching reply")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

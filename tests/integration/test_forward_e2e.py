@@ -1,0 +1,116 @@
+"""A real dnsd (``python -m dnsd``) forwarding to a real dnsmasq on loopback,
+asked by dnspython and by ``dig``, the way users run it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.conftest import SERVICES
+from tests.dnsd_process import DnsdProcess
+from tests.upstreams import BlackHole, Dnsmasq, ScriptedUpstream
+
+
+@pytest.fixture(scope="module")
+def dnsmasq() -> Iterator[Dnsmasq]:
+    with Dnsmasq(["--host-record=web.example.test,10.1.2.3",
+                  "--txt-record=txt.example.test,hello from dnsmasq",
+                  "--address=/example.test/"], local_ttl=120) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def forwarding(dnsmasq: Dnsmasq) -> Iterator[DnsdProcess]:
+    with DnsdProcess(["--static", str(SERVICES), "--upstream", dnsmasq.spec]) as proc:
+        yield proc
+
+
+def addresses(msg: dns.message.Message) -> list[str]:
+    return sorted(rd.to_text() for rrset in msg.answer for rd in rrset)
+
+
+def test_names_outside_the_zone_resolve_through_the_upstream(forwarding) -> None:
+    msg = forwarding.query("web.example.test.")
+    assert msg.rcode() == dns.rcode.NOERROR and addresses(msg) == ["10.1.2.3"]
+    assert msg.flags & dns.flags.RA and not msg.flags & dns.flags.AA
+    tcp = forwarding.query("txt.example.test.", "TXT", tcp=True)
+    assert tcp.answer[0][0].to_text() == '"hello from dnsmasq"'
+    assert forwarding.query("nothing.example.test.").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_zone_names_are_still_answered_by_dnsd(forwarding) -> None:
+    msg = forwarding.query("web.service.consul.")
+    assert msg.rcode() == dns.rcode.NOERROR and msg.flags & dns.flags.AA
+    assert "10.1.0.11" in addresses(msg)
+
+
+def test_cached_ttl_counts_down(forwarding) -> None:
+    first = forwarding.query("web.example.test.", "A", use_edns=0)
+    time.sleep(1.1)
+    second = forwarding.query("web.example.test.", "A", use_edns=0)
+    assert second.answer[0].ttl < first.answer[0].ttl <= 120
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed")
+def test_dig_resolves_through_dnsd(forwarding) -> None:
+    out = subprocess.run(
+        ["dig", "+short", "+time=2", "+tries=1", f"@{forwarding.host}", "-p",
+         str(forwarding.port), "web.example.test", "A"],
+        capture_output=True, text=True, timeout=10, check=True).stdout
+    assert out.split() == ["10.1.2.3"]
+    out = subprocess.run(
+        ["dig", "+tcp", "+time=2", "+tries=1", f"@{forwarding.host}", "-p",
+         str(forwarding.port), "WeB.eXaMpLe.TeSt", "A"],
+        capture_output=True, text=True, timeout=10, check=True).stdout
+    assert "status: NOERROR" in out and "WeB.eXaMpLe.TeSt." in out
+
+
+def test_clients_outside_allow_recursion_are_refused(dnsmasq) -> None:
+    with DnsdProcess(["--static", str(SERVICES), "--upstream", dnsmasq.spec,
+                      "--allow-recursion", "10.0.0.0/8"]) as proc:
+        refused = proc.query("web.example.test.")
+        assert refused.rcode() == dns.rcode.REFUSED and not refused.answer
+        zone = proc.query("web.service.consul.")  # the zone is answered to everyone
+        assert zone.rcode() == dns.rcode.NOERROR and zone.answer
+
+
+def test_dead_first_upstream_fails_over_within_budget(dnsmasq) -> None:
+    with BlackHole() as dead, DnsdProcess(["--upstream", dead.spec,
+                                           "--upstream", dnsmasq.spec]) as proc:
+        started = time.monotonic()
+        msg = proc.query("web.example.test.", timeout=4)
+        first = time.monotonic() - started
+        assert addresses(msg) == ["10.1.2.3"] and first < 1.5
+        started = time.monotonic()
+        assert proc.query("txt.example.test.", "TXT", timeout=4).answer
+        assert time.monotonic() - started < 0.3
+
+
+def test_serve_stale_when_the_upstream_dies() -> None:
+    up = ScriptedUpstream(["short.test. 1 IN A 10.0.0.3"])
+    try:
+        with DnsdProcess(["--upstream", up.spec]) as proc:
+            assert addresses(proc.query("short.test.")) == ["10.0.0.3"]
+            up.mode = "servfail"
+            time.sleep(1.2)
+            stale = proc.query("short.test.")
+            assert stale.rcode() == dns.rcode.NOERROR and addresses(stale) == ["10.0.0.3"]
+            assert stale.answer[0].ttl == 30
+            assert proc.query("unknown.test.").rcode() == dns.rcode.SERVFAIL
+    finally:
+        up.close()
+
+
+def test_upstream_equal_to_own_listen_address_is_refused_at_start() -> None:
+    from tests.dnsd_process import run_cli
+    result = run_cli(["--listen", "127.0.0.1:53535", "--upstream", "127.0.0.1:53535"],
+                     timeout=10)
+    assert result.returncode != 0 and "loop" in result.stderr
