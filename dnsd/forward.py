@@ -308,6 +308,19 @@ class Forwarder:
 
     # --- the one decision -------------------------------------------------------
 
+    def cached(self, query: Query, over_tcp: bool) -> bytes | None:
+        """The reply from a fresh cache entry, or None. Synchronous, so the
+        handler answers cache hits without starting a task (the hot path)."""
+        do = query.edns is not None and query.edns.do
+        key: CacheKey = (query.key, query.qtype, query.qclass, do, bool(query.flags & CD))
+        now = self.now()
+        entry = self.cache.get(key, now)
+        if entry is None:
+            return None
+        self.stats.cache_hits += 1
+        limit = MAX_TCP if over_tcp else fit_udp_limit(query)
+        return render(query, entry.reply, entry.served_ttls(now, 0), limit=limit)
+
     async def forward(self, query: Query, over_tcp: bool) -> bytes:
         """The complete reply to send the client (see the module docstring)."""
         limit = MAX_TCP if over_tcp else fit_udp_limit(query)
@@ -319,13 +332,11 @@ class Forwarder:
         if not upstreams:
             self.stats.refused += 1
             return error_reply(query, REFUSED)
+        hit = self.cached(query, over_tcp)
+        if hit is not None:
+            return hit
         do = query.edns is not None and query.edns.do
         key: CacheKey = (query.key, query.qtype, query.qclass, do, bool(query.flags & CD))
-        now = self.now()
-        entry = self.cache.get(key, now)
-        if entry is not None:
-            self.stats.cache_hits += 1
-            return render(query, entry.reply, entry.served_ttls(now, 0), limit=limit)
         self.stats.cache_misses += 1
 
         if all(u.down for u in upstreams):

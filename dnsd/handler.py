@@ -86,6 +86,8 @@ class Forwarder(Protocol):
     @property
     def enabled(self) -> bool: ...
 
+    def cached(self, query: Query, over_tcp: bool) -> bytes | None: ...
+
     async def forward(self, query: Query, over_tcp: bool) -> bytes: ...
 
 
@@ -201,7 +203,8 @@ class Handler:
             replies[query.wire[2:]] = cached
             return query.wire[:2] + cached.next()
         if self.forwarder is not None and self.recursion_allowed(client):
-            return self.forwarder.forward(query, over_tcp)
+            hit = self.forwarder.cached(query, over_tcp)
+            return hit if hit is not None else self.forwarder.forward(query, over_tcp)
         return error_reply(query.wire, REFUSED, query, ra=ra)
 
     def recursion_allowed(self, client: str) -> bool:
