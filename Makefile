@@ -4,8 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8600
 # Debian packages the tests drive for real: dig, dnsmasq (upstream and peer),
-# ZooKeeper (the registry), iproute2 (network namespaces for glibc clients).
-DEBS   := dnsutils dnsmasq-base zookeeperd iproute2 python3-venv
+# ZooKeeper (the registry), iproute2 (network namespaces for glibc clients),
+# and the resolvers people run: musl, Go, c-ares (Node.js), Java, Unbound, curl.
+DEBS   := dnsutils dnsmasq-base zookeeperd iproute2 python3-venv musl-tools golang-go \
+          unbound curl nodejs default-jre-headless
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps venv lint typecheck unit bench clean

@@ -275,13 +275,15 @@ class App:
     async def serve(self, started: Callable[[App], None] | None = None) -> None:
         """Start, run until SIGTERM/SIGINT (or :meth:`stop`), then shut down."""
         loop = asyncio.get_running_loop()
-        await self.start()
+        # Handlers first: a signal that arrives while starting must not kill
+        # the process with the default action (tests and init systems send early).
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        if started is not None:
-            started(self)
+        await self.start()  # a bad file or address raises here, before any cleanup is due
         try:
+            if started is not None:
+                started(self)
             await self._stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

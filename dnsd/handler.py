@@ -63,21 +63,21 @@ class CachedReply:
     same snapshot is answered by prepending its ID to the next rotation, with
     no parsing at all. Same bytes means same question (case included), flags,
     EDNS size and options, so the rendered reply is exactly what the slow path
-    would build.
+    would build. The rotation counter is the answer set's, shared by every
+    spelling of the question (EDNS cookies, 0x20 case), so clients that vary
+    their bytes still see the records rotate.
     """
 
-    __slots__ = ("qtype", "rcode", "renders", "turn")
+    __slots__ = ("answer", "qtype", "rcode", "renders")
 
-    def __init__(self, qtype: int, rcode: int, renders: list[bytes]) -> None:
+    def __init__(self, qtype: int, rcode: int, renders: list[bytes], answer: AnswerSet) -> None:
         self.qtype = qtype
         self.rcode = rcode
         self.renders = renders
-        self.turn = 0
+        self.answer = answer
 
     def next(self) -> bytes:
-        turn = self.turn
-        self.turn = turn + 1
-        return self.renders[turn % len(self.renders)]
+        return self.renders[self.answer.next_turn() % len(self.renders)]
 
 
 class Forwarder(Protocol):
@@ -141,21 +141,23 @@ class Handler:
           second time an empty TC reply so a real client retries over TCP.
         """
         started = time.perf_counter() if self.timed else 0.0
-        if not self.log_queries:
-            # The hot path: a reply rendered before under this snapshot.
-            version = self.table.snapshot.version
-            if version != self._replies_version:
-                self._replies[0].clear()
-                self._replies[1].clear()
-                self._replies_version = version
-            cached = self._replies[over_tcp].get(wire[2:])
-            if cached is not None and (over_tcp or self.rate_limiter is None):
-                self.stats.count(cached.qtype, cached.rcode, "tcp" if over_tcp else "udp")
-                if self.timed:
-                    self.stats.observe(time.perf_counter() - started)
-                return wire[:2] + cached.next()
+        # The hot path: a reply rendered before under this snapshot.
+        version = self.table.snapshot.version
+        if version != self._replies_version:
+            self._replies[0].clear()
+            self._replies[1].clear()
+            self._replies_version = version
+        cached = self._replies[over_tcp].get(wire[2:])
+        if cached is not None and (over_tcp or self.rate_limiter is None):
+            reply = wire[:2] + cached.next()
+            if self.log_queries:
+                return self._finish(parse_query(wire), reply, client, over_tcp, started)
+            self.stats.count(cached.qtype, cached.rcode, "tcp" if over_tcp else "udp")
+            if self.timed:
+                self.stats.observe(time.perf_counter() - started)
+            return reply
         query: Query | None = None
-        reply: Reply | Awaitable[Reply]
+        result: Reply | Awaitable[Reply]
         try:
             if len(wire) < 12 or wire[2] & 0x80:
                 return self._finish(None, None, client, over_tcp, started)
@@ -169,13 +171,13 @@ class Handler:
                     self.stats.rate_limited += 1
                     slip = truncated_reply(query) if verdict is Verdict.SLIP else None
                     return self._finish(query, slip, client, over_tcp, started)
-            reply = self._answer(query, client, over_tcp)
+            result = self._answer(query, client, over_tcp)
         except Exception:
             log.exception("internal error answering a query from %s", client)
-            reply = error_reply(wire, SERVFAIL, query)
-        if reply is None or isinstance(reply, bytes):
-            return self._finish(query, reply, client, over_tcp, started)
-        return self._finish_later(query, reply, client, over_tcp, started)
+            result = error_reply(wire, SERVFAIL, query)
+        if result is None or isinstance(result, bytes):
+            return self._finish(query, result, client, over_tcp, started)
+        return self._finish_later(query, result, client, over_tcp, started)
 
     def _answer(self, query: Query, client: str, over_tcp: bool) -> Reply | Awaitable[bytes]:
         if query.opcode != OPCODE_QUERY:
@@ -196,7 +198,7 @@ class Handler:
                 return render(query, answer, limit=limit, answer_cap=cap, ra=ra)
             renders = [render(query, answer, limit=limit, answer_cap=cap, ra=ra, turn=t)[2:]
                        for t in range(max(turns, 1))]
-            cached = CachedReply(query.qtype, answer.rcode, renders)
+            cached = CachedReply(query.qtype, answer.rcode, renders, answer)
             replies = self._replies[over_tcp]
             if len(replies) >= MAX_CACHED_REPLIES:  # random names: start over
                 replies.clear()

@@ -26,7 +26,8 @@ _LISTENING = re.compile(r"listening on (\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+)")
 
 class DnsdProcess:
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None,
-                 wait: bool = True, timeout: float = 15.0) -> None:
+                 wait: bool = True, timeout: float = 15.0,
+                 prefix: Sequence[str] = ()) -> None:
         argv = list(args)
         if not any(a == "--listen" or a.startswith("--listen=") for a in argv):
             argv = ["--listen", "127.0.0.1:0", *argv]
@@ -37,7 +38,8 @@ class DnsdProcess:
         full_env["PYTHONUNBUFFERED"] = "1"
         if env:
             full_env.update(env)
-        self.argv = [sys.executable, "-m", "dnsd", *argv]
+        # prefix: a command that runs dnsd for us, e.g. ``ip netns exec NS``.
+        self.argv = [*prefix, sys.executable, "-m", "dnsd", *argv]
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=full_env, text=True)
