@@ -18,7 +18,7 @@ from typing import Any
 
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config, HostPort
-from dnsd.errors import DnsdError
+from dnsd.errors import DnsdError, StateFileError
 from dnsd.handler import Forwarder, Handler
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
@@ -26,6 +26,7 @@ from dnsd.ratelimit import RateLimiter
 from dnsd.server import PktinfoUdp, Tasks, TcpLimits, TcpProtocol, UdpProtocol
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.static import StaticSource
+from dnsd.state import StateSaver, load_views
 from dnsd.stats import QueryStats
 from dnsd.table import Snapshot, Table
 
@@ -87,6 +88,8 @@ class App:
                                rate_limiter=RateLimiter(cfg.rate_limit) if cfg.rate_limit
                                else None)
         self.metrics: MetricsServer | None = None
+        self.saver: StateSaver | None = None
+        self.state_error = ""
         self._source_tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.table.subscribe(self._swapped)
@@ -95,6 +98,10 @@ class App:
 
     def _registry_sources(self) -> list[Source]:
         sources: list[Source] = []
+        if self.config.consul:
+            from dnsd.sources.consul import ConsulSource
+
+            sources.append(ConsulSource(self.config))
         return sources
 
     def _forwarder(self) -> Forwarder | None:
@@ -148,8 +155,34 @@ class App:
             source_counters=lambda: {s.name: dict(getattr(s, "counters", {}))
                                      for s in self.sources if getattr(s, "counters", None)})
 
+    def restore_state(self) -> None:
+        """``--state-dir``: serve the saved views of the registry sources until
+        they sync, and save the table after each change (worker 0 only)."""
+        if not self.config.state_dir:
+            return
+        registry = {s.name for s in self.sources if s not in self.static_sources}
+        try:
+            saved = load_views(self.config.state_dir)
+        except StateFileError as exc:
+            log.warning("%s", exc)
+            self.state_error = str(exc)
+            saved = {}
+        restored = {name: view for name, view in saved.items() if name in registry}
+        if restored:
+            for name in restored:
+                self.statuses[name].has_data = True
+            self.table.publish_many(restored)
+            log.info("serving the saved table of %s until it syncs",
+                     ", ".join(sorted(restored)))
+        if self.worker == 0 and registry:
+            saver = StateSaver(self.config.state_dir, lambda: {
+                name: view for name, view in self.table.views.items() if name in registry})
+            self.saver = saver
+            self.table.subscribe(saver.notify)
+
     async def start(self) -> None:
         self.load_static()
+        self.restore_state()  # before binding: the first answers already use it
         await self._bind_all()
         if self.config.metrics is not None and self.worker == 0:
             self.metrics = MetricsServer(self.metrics_inputs())
@@ -300,6 +333,8 @@ class App:
         for task in self._source_tasks:
             task.cancel()
         await asyncio.gather(*self._source_tasks, return_exceptions=True)
+        if self.saver is not None:
+            await self.saver.close()
         if self.forwarder is not None:
             await self.forwarder.close()
         if self.metrics is not None:

@@ -1,0 +1,245 @@
+"""The saved table (``--state-dir``): every source's last view, written after
+changes and read at start, so dnsd answers at once even when its registries are
+down at boot.
+
+One JSON file, ``table.json``, with a format marker and a version. Writes are
+atomic (a temporary file in the same directory, fsync, rename, fsync of the
+directory), so a crash leaves the old file or the new one, never half of one.
+Loading checks everything and raises :class:`StateFileError` for a corrupt,
+foreign or future file: the app reports it and starts without it.
+Imports: ``errors``, ``model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dnsd.errors import StateFileError
+from dnsd.model import Health, Instance, Node, View
+
+log = logging.getLogger("dnsd.state")
+
+FILE_NAME = "table.json"
+FORMAT = "dnsd-table"
+VERSION = 1
+
+
+def state_path(state_dir: str) -> str:
+    return os.path.join(state_dir, FILE_NAME)
+
+
+# --- encoding -------------------------------------------------------------------
+
+
+def _instance_json(inst: Instance) -> dict[str, Any]:
+    return {"service": inst.service, "node": inst.node, "datacenter": inst.datacenter,
+            "id": inst.id, "address": inst.address, "node_address": inst.node_address,
+            "port": inst.port, "tags": list(inst.tags), "health": inst.health.value,
+            "weight_passing": inst.weight_passing, "weight_warning": inst.weight_warning,
+            "meta": dict(inst.meta)}
+
+
+def encode_views(views: Mapping[str, View], saved_at: float | None = None) -> bytes:
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "saved_at": time.time() if saved_at is None else saved_at,
+        "views": {
+            name: {"local_datacenter": view.local_datacenter,
+                   "instances": [_instance_json(i) for i in view.instances],
+                   "nodes": [{"name": n.name, "datacenter": n.datacenter, "address": n.address}
+                             for n in view.nodes]}
+            for name, view in sorted(views.items())
+        },
+    }
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def save_views(state_dir: str, views: Mapping[str, View]) -> None:
+    """Write ``views`` to ``state_dir/table.json`` atomically. Raises ``OSError``."""
+    os.makedirs(state_dir, exist_ok=True)
+    payload = encode_views(views)
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".table.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, state_path(state_dir))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename is durable only once the directory entry is on disk too.
+    dir_fd = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# --- decoding -------------------------------------------------------------------
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ValueError(f"{where}: {key} is missing or of the wrong type")
+    return value
+
+
+def _decode_instance(raw: object, where: str) -> Instance:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: not an object")
+    tags = _field(raw, "tags", list, where)
+    meta = _field(raw, "meta", dict, where)
+    if not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"{where}: tags must be strings")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ValueError(f"{where}: meta must map strings to strings")
+    try:
+        health = Health(_field(raw, "health", str, where))
+    except ValueError:
+        raise ValueError(f"{where}: unknown health {raw.get('health')!r}") from None
+    try:
+        return Instance(
+            service=_field(raw, "service", str, where), node=_field(raw, "node", str, where),
+            datacenter=_field(raw, "datacenter", str, where), id=_field(raw, "id", str, where),
+            address=_field(raw, "address", str, where),
+            node_address=_field(raw, "node_address", str, where),
+            port=_field(raw, "port", int, where), tags=tuple(tags), health=health,
+            weight_passing=_field(raw, "weight_passing", int, where),
+            weight_warning=_field(raw, "weight_warning", int, where), meta=dict(meta))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _decode_node(raw: object, where: str) -> Node:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: not an object")
+    try:
+        return Node(_field(raw, "name", str, where), _field(raw, "datacenter", str, where),
+                    _field(raw, "address", str, where))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def decode_views(payload: bytes) -> dict[str, View]:
+    """Parse a saved table; ``ValueError`` names the first problem."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"not a dnsd table (no format marker {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise ValueError(f"format version {data.get('version')!r}, this dnsd reads {VERSION}")
+    raw_views = data.get("views")
+    if not isinstance(raw_views, dict):
+        raise ValueError("views is missing")
+    views: dict[str, View] = {}
+    for name, raw in raw_views.items():
+        if not isinstance(raw, dict):
+            raise ValueError(f"views[{name!r}]: not an object")
+        local = raw.get("local_datacenter")
+        if local is not None and not isinstance(local, str):
+            raise ValueError(f"views[{name!r}]: local_datacenter must be a string")
+        instances = _field(raw, "instances", list, f"views[{name!r}]")
+        nodes = _field(raw, "nodes", list, f"views[{name!r}]")
+        views[name] = View(
+            tuple(_decode_instance(r, f"views[{name!r}].instances[{i}]")
+                  for i, r in enumerate(instances)),
+            tuple(_decode_node(r, f"views[{name!r}].nodes[{i}]") for i, r in enumerate(nodes)),
+            local)
+    return views
+
+
+def load_views(state_dir: str) -> dict[str, View]:
+    """The saved views, or ``{}`` when nothing was saved yet.
+
+    Raises :class:`StateFileError` for a file that cannot be read or is not a
+    dnsd table of this format version.
+    """
+    path = state_path(state_dir)
+    try:
+        with open(path, "rb") as fh:
+            payload = fh.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return decode_views(payload)
+    except ValueError as exc:
+        raise StateFileError(f"{path}: {exc}; ignoring it") from None
+
+
+# --- the debounced saver ---------------------------------------------------------
+
+
+class StateSaver:
+    """Saves the views ``delay`` seconds after the first change of a burst.
+
+    ``notify`` fits ``Table.subscribe`` (it takes and ignores the snapshot) and
+    must be called on the event loop thread. Writes run in a worker thread so an
+    fsync never stalls answers; a failed write is logged once per distinct error
+    and retried at the next change. ``close`` flushes what is pending.
+    """
+
+    def __init__(self, state_dir: str, get_views: Callable[[], Mapping[str, View]],
+                 delay: float = 0.5) -> None:
+        self.state_dir = state_dir
+        self.get_views = get_views
+        self.delay = delay
+        self.saves = 0
+        self._dirty = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Task[None] | None = None
+        self._last_error = ""
+
+    def notify(self, _snapshot: object = None) -> None:
+        self._dirty = True
+        if self._timer is None and self._writing is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.delay, self._start_write)
+
+    def _start_write(self) -> None:
+        self._timer = None
+        self._writing = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self._dirty:
+                self._dirty = False
+                views = dict(self.get_views())  # the views are immutable: safe to hand over
+                try:
+                    await asyncio.to_thread(save_views, self.state_dir, views)
+                    self.saves += 1
+                    self._last_error = ""
+                except OSError as exc:
+                    message = f"cannot save the table to {self.state_dir}: {exc}"
+                    if message != self._last_error:
+                        log.warning("%s", message)
+                        self._last_error = message
+                    return
+        finally:
+            self._writing = None
+
+    async def close(self) -> None:
+        """Write any pending change now and wait for it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._writing is not None:
+            await self._writing
+        if self._dirty:
+            self._writing = asyncio.get_running_loop().create_task(self._write())
+            await self._writing

@@ -1,0 +1,251 @@
+"""ConsulSource through python-consul2 over real HTTP against the Consul double."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from dnsd.config import Config
+from dnsd.model import Health, Instance, View
+from dnsd.sources.base import SourceState
+from dnsd.sources.consul import ConsulSource
+from tests.consul_double import ConsulDouble
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.views: dict[str, View] = {}
+        self.publishes = 0
+        self.states: list[tuple[SourceState, str]] = []
+
+    def publish(self, source: str, view: View) -> None:
+        self.views[source] = view
+        self.publishes += 1
+
+    def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
+        self.states.append((state, reason))
+
+    @property
+    def view(self) -> View:
+        return next(iter(self.views.values()), View())
+
+    @property
+    def state(self) -> SourceState:
+        return self.states[-1][0] if self.states else SourceState.SYNCING
+
+    def instances(self, service: str, dc: str = "dc1") -> list[Instance]:
+        return [i for i in self.view.instances if i.service == service and i.datacenter == dc]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def double() -> Iterator[ConsulDouble]:
+    with ConsulDouble() as d:
+        d.register("web", "web-1", node="node1", node_address="10.0.0.1", port=80,
+                   tags=("v1", "http"), status="passing")
+        d.register("db", "db-1", node="node2", node_address="10.0.0.2", address="10.5.0.2",
+                   port=5432, meta={"role": "primary"}, weights={"Passing": 10, "Warning": 1})
+        yield d
+
+
+Running = tuple[ConsulSource, RecordingSink]
+
+
+async def start(double: ConsulDouble, **config: object) -> AsyncIterator[Running]:
+    cfg = Config(consul=double.url, **config)  # type: ignore[arg-type]
+    source = ConsulSource(cfg, wait=2.0, backoff_base=0.05, backoff_cap=0.3)
+    sink = RecordingSink()
+    task = asyncio.create_task(source.run(sink))
+    try:
+        await until(lambda: sink.state is SourceState.UP)
+        yield source, sink
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def running(double: ConsulDouble) -> AsyncIterator[Running]:
+    async for pair in start(double, consul_datacenters=("dc2",)):
+        yield pair
+
+
+async def test_initial_sync_maps_everything(running: Running) -> None:
+    source, sink = running
+    assert source.name == f"consul:{source.url}"
+    (web,) = sink.instances("web")
+    assert (web.id, web.node, web.port, web.tags) == ("web-1", "node1", 80, ("v1", "http"))
+    assert web.address == "" and web.effective_address == "10.0.0.1"  # node address serves
+    (db,) = sink.instances("db")
+    assert db.effective_address == "10.5.0.2" and dict(db.meta) == {"role": "primary"}
+    assert (db.weight_passing, db.weight_warning) == (10, 1)
+    assert {(n.name, n.address) for n in sink.view.nodes} == {("node1", "10.0.0.1"),
+                                                               ("node2", "10.0.0.2")}
+    assert sink.view.local_datacenter == "dc1"
+
+
+async def test_registration_and_deregistration(double: ConsulDouble, running: Running) -> None:
+    _, sink = running
+    double.register("api", "api-1", node="node1", port=9000, tags=("v2",))
+    await until(lambda: len(sink.instances("api")) == 1)
+    double.register("api", "api-2", node="node2", port=9001, tags=("v2",))  # same tag set
+    await until(lambda: len(sink.instances("api")) == 2)
+    double.register("web", "web-2", node="node2", port=81, tags=("v1", "http"))
+    await until(lambda: len(sink.instances("web")) == 2)
+    double.deregister("api-1", node="node1")
+    await until(lambda: [i.id for i in sink.instances("api")] == ["api-2"])
+    double.deregister("api-2", node="node2")
+    await until(lambda: not sink.instances("api"))
+
+
+async def test_port_change_without_tag_change_is_seen(double: ConsulDouble,
+                                                      running: Running) -> None:
+    _, sink = running
+    double.register("web", "web-1", node="node1", port=8080, tags=("v1", "http"),
+                    status="passing")
+    await until(lambda: [i.port for i in sink.instances("web")] == [8080])
+
+
+async def test_check_changes(double: ConsulDouble, running: Running) -> None:
+    _, sink = running
+    double.set_check("web-1", "warning", node="node1")
+    await until(lambda: sink.instances("web")[0].health is Health.WARNING)
+    double.set_check("web-1", "critical", node="node1")
+    await until(lambda: sink.instances("web")[0].health is Health.CRITICAL)
+    double.set_check("web-1", "passing", node="node1")
+    await until(lambda: sink.instances("web")[0].health is Health.PASSING)
+    # A node-level check (serfHealth) failing makes every instance on it critical.
+    double.set_check("", "critical", node="node2")
+    await until(lambda: sink.instances("db")[0].health is Health.CRITICAL)
+    assert sink.instances("web")[0].health is Health.PASSING
+
+
+async def test_node_address_change(double: ConsulDouble, running: Running) -> None:
+    _, sink = running
+    double.add_node("node1", "10.0.0.99")
+    await until(lambda: sink.instances("web")[0].effective_address == "10.0.0.99")
+    assert ("node1", "10.0.0.99") in {(n.name, n.address) for n in sink.view.nodes}
+
+
+async def test_remote_datacenter(double: ConsulDouble, running: Running) -> None:
+    _, sink = running
+    double.register("web", "web-dc2", node="far1", node_address="10.2.0.1", port=80, dc="dc2")
+    await until(lambda: len(sink.instances("web", "dc2")) == 1)
+    assert sink.instances("web", "dc2")[0].effective_address == "10.2.0.1"
+    assert len(sink.instances("web", "dc1")) == 1  # the local one untouched
+
+
+async def test_datacenter_flag_keeps_agent_out_of_local(double: ConsulDouble) -> None:
+    async for _, sink in start(double, datacenter="dc9", datacenter_set=True):
+        assert sink.view.local_datacenter is None
+        assert sink.instances("web", "dc1")  # instances keep the datacenter Consul says
+
+
+async def test_invalid_entries_are_skipped_not_fatal(double: ConsulDouble,
+                                                     running: Running) -> None:
+    _, sink = running
+    double.register("web.v2", "odd-1", node="node1", port=1)
+    double.register("api", "api-1", node="node1", port=2)
+    await until(lambda: len(sink.instances("api")) == 1)
+    assert not [i for i in sink.view.instances if i.id == "odd-1"]
+    assert sink.state is SourceState.UP
+
+
+async def test_outage_keeps_last_view_then_resyncs(double: ConsulDouble,
+                                                   running: Running) -> None:
+    _, sink = running
+    before = sink.view
+    double.stop()
+    await until(lambda: sink.state is SourceState.STALE)
+    assert sink.view == before  # nothing published: the last table keeps serving
+    await asyncio.sleep(0.5)    # several retries...
+    stale = [s for s in sink.states if s[0] is SourceState.STALE]
+    assert len(stale) <= 2      # ...reported once per failing datacenter, not per retry
+    # Changes made while dnsd could not see them arrive with the resync.
+    double.start()
+    double.register("api", "api-1", node="node1", port=9000)
+    double.deregister("db-1", node="node2")
+    await until(lambda: sink.state is SourceState.UP)
+    await until(lambda: bool(sink.instances("api")) and not sink.instances("db"))
+
+
+async def test_no_leader_is_an_outage(double: ConsulDouble, running: Running) -> None:
+    _, sink = running
+    double.set_leader(False)
+    await until(lambda: sink.state is SourceState.STALE)
+    assert "No cluster leader" in sink.states[-1][1]
+    assert sink.instances("web")
+    double.set_leader(True)
+    await until(lambda: sink.state is SourceState.UP)
+
+
+async def test_index_going_backwards_resets(double: ConsulDouble, running: Running) -> None:
+    _, sink = running
+    double.rewind(to=3)  # a snapshot restore: every index smaller than before
+    double.register("api", "api-1", node="node1", port=9000)
+    await until(lambda: len(sink.instances("api")) == 1)
+    double.deregister("api-1", node="node1")
+    await until(lambda: not sink.instances("api"))
+
+
+async def test_token_is_sent(double: ConsulDouble) -> None:
+    double.required_token = "s3cret"
+    async for _, sink in start(double, consul_token="s3cret"):
+        assert sink.instances("web")
+
+
+async def test_wrong_token_is_stale_with_reason(double: ConsulDouble) -> None:
+    double.required_token = "s3cret"
+    source = ConsulSource(Config(consul=double.url, consul_token="wrong"), wait=2.0,
+                          backoff_base=0.05, backoff_cap=0.3)
+    sink = RecordingSink()
+    task = asyncio.create_task(source.run(sink))
+    try:
+        await until(lambda: sink.state is SourceState.STALE)
+        assert "permission denied" in sink.states[-1][1]
+        assert not sink.views
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_idle_request_rate_does_not_grow_with_services(double: ConsulDouble) -> None:
+    for n in range(200):
+        double.register(f"svc{n}", f"svc{n}-1", node="node1", port=1000 + n)
+    source = ConsulSource(Config(consul=double.url), wait=1.0)
+    sink = RecordingSink()
+    task = asyncio.create_task(source.run(sink))
+    try:
+        await until(lambda: sink.state is SourceState.UP)
+        await asyncio.sleep(0.3)
+        before = double.request_count
+        await asyncio.sleep(3.0)
+        idle = double.request_count - before
+        # 3 long-polls, each back after 0.9-1.06 s: about 9-10 requests in 3 s,
+        # whatever the number of services (202 here).
+        assert 6 <= idle <= 15, idle
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_cancel_is_prompt_during_a_long_poll(double: ConsulDouble) -> None:
+    source = ConsulSource(Config(consul=double.url), wait=60.0)
+    sink = RecordingSink()
+    task = asyncio.create_task(source.run(sink))
+    await until(lambda: sink.state is SourceState.UP)
+    await asyncio.sleep(0.1)  # the three long-polls are hanging now
+    started = time.monotonic()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert time.monotonic() - started < 1.0

@@ -1,0 +1,150 @@
+"""The Consul source's pure parts: index rules, backoff, diffs, JSON mapping."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dnsd.model import AddressKind, Health
+from dnsd.sources.consul import (
+    Backoff,
+    ConsulUnavailable,
+    diff_checks,
+    diff_services,
+    instance_from_entry,
+    next_index,
+    parse_checks,
+    parse_index,
+    parse_nodes,
+    parse_service_list,
+)
+
+
+def entry(**service: object) -> dict[str, object]:
+    svc: dict[str, object] = {"ID": "web-1", "Service": "web", "Tags": ["v1"], "Address": "",
+                              "Port": 80, "Meta": {"version": "1"},
+                              "Weights": {"Passing": 5, "Warning": 2}}
+    svc.update(service)
+    return {"Node": {"Node": "node1", "Address": "10.0.0.1"}, "Service": svc,
+            "Checks": [{"Status": "passing"}, {"Status": "passing"}]}
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("12", 12), (7, 7), ("0", 1), ("-3", 1), ("1", 1),
+])
+def test_parse_index_sanitises_to_at_least_one(raw: object, expected: int) -> None:
+    assert parse_index(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [None, "abc", "1.5", ""])
+def test_parse_index_rejects_missing_or_garbage(raw: object) -> None:
+    with pytest.raises(ConsulUnavailable):
+        parse_index(raw)
+
+
+@pytest.mark.parametrize(("previous", "returned", "expected"), [
+    (10, 10, (10, False)),   # a timeout or idempotent write: no change
+    (10, 11, (11, True)),    # moved forward
+    (10, 4, (0, True)),      # went backwards: reset, next read is a full one
+    (0, 5, (5, True)),       # the first read after a reset
+])
+def test_next_index_follows_consul_rules(previous: int, returned: int,
+                                         expected: tuple[int, bool]) -> None:
+    assert next_index(previous, returned) == expected
+
+
+def test_backoff_grows_is_capped_jittered_and_resets() -> None:
+    backoff = Backoff(base=0.25, cap=4.0, rng=random.Random(7))
+    delays = [backoff.next() for _ in range(10)]
+    ceilings = [min(4.0, 0.25 * 2 ** n) for n in range(10)]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    assert max(delays) <= 4.0
+    assert len(set(delays)) == len(delays)  # jittered: no two equal
+    backoff.reset()
+    assert backoff.next() <= 0.25
+
+
+def test_instance_from_entry_maps_consul_fields() -> None:
+    inst = instance_from_entry(entry(), "dc1")
+    assert (inst.service, inst.id, inst.node, inst.datacenter) == ("web", "web-1", "node1", "dc1")
+    assert inst.address == "" and inst.effective_address == "10.0.0.1"
+    assert inst.port == 80 and inst.tags == ("v1",)
+    assert (inst.weight_passing, inst.weight_warning) == (5, 2)
+    assert dict(inst.meta) == {"version": "1"}
+    assert inst.health is Health.PASSING
+
+
+def test_instance_health_is_the_worst_check() -> None:
+    raw = entry()
+    raw["Checks"] = [{"Status": "passing"}, {"Status": "warning"}]
+    assert instance_from_entry(raw, "dc1").health is Health.WARNING
+    raw["Checks"] = [{"Status": "warning"}, {"Status": "critical"}]
+    assert instance_from_entry(raw, "dc1").health is Health.CRITICAL
+    raw["Checks"] = [{"Status": "maintenance?"}]
+    assert instance_from_entry(raw, "dc1").health is Health.CRITICAL
+
+
+def test_instance_service_address_and_hostname() -> None:
+    assert instance_from_entry(entry(Address="10.9.9.9"), "dc1").effective_address == "10.9.9.9"
+    inst = instance_from_entry(entry(Address="db.example.com"), "dc1")
+    assert inst.address_kind is AddressKind.HOSTNAME
+
+
+def test_instance_missing_weights_default_to_one() -> None:
+    inst = instance_from_entry(entry(Weights=None), "dc1")
+    assert (inst.weight_passing, inst.weight_warning) == (1, 1)
+
+
+@pytest.mark.parametrize("bad", [
+    "not an object",
+    {"Node": {"Node": "n"}},
+    entry(Service="web.v2"),          # not a DNS label
+    entry(Service="bad name"),
+    entry(Port="80"),
+    entry(Port=70000),
+    entry(Tags="v1"),
+    entry(Meta=["x"]),
+    entry(Address="not an address!"),
+])
+def test_bad_entries_raise_value_error(bad: object) -> None:
+    with pytest.raises(ValueError):
+        instance_from_entry(bad, "dc1")
+
+
+def test_diff_services() -> None:
+    old = {"web": frozenset({"a"}), "db": frozenset()}
+    assert diff_services(old, dict(old)) is None  # nothing visible: the caller sweeps
+    assert diff_services(old, {"web": frozenset({"a"})}) == {"db"}
+    assert diff_services(old, {**old, "api": frozenset()}) == {"api"}
+    assert diff_services(old, {**old, "web": frozenset({"a", "b"})}) == {"web"}
+
+
+def test_diff_checks_names_services_and_nodes() -> None:
+    old = {("n1", "serfHealth"): ("passing", "", ""),
+           ("n1", "service:web-1"): ("passing", "web-1", "web"),
+           ("n2", "service:db-1"): ("passing", "db-1", "db")}
+    new = dict(old)
+    assert diff_checks(old, new) == (set(), set())
+    new[("n1", "service:web-1")] = ("critical", "web-1", "web")
+    assert diff_checks(old, new) == ({"web"}, set())
+    new = dict(old)
+    new[("n1", "serfHealth")] = ("critical", "", "")
+    assert diff_checks(old, new) == (set(), {"n1"})
+    new = dict(old)
+    del new[("n2", "service:db-1")]
+    assert diff_checks(old, new) == ({"db"}, set())
+
+
+def test_parsers_reject_wrong_shapes() -> None:
+    with pytest.raises(ConsulUnavailable):
+        parse_service_list([])
+    with pytest.raises(ConsulUnavailable):
+        parse_nodes({})
+    with pytest.raises(ConsulUnavailable):
+        parse_checks("x")
+    assert parse_service_list({"web": ["a", 3, None], "db": None}) == {
+        "web": frozenset({"a"}), "db": frozenset()}
+    assert parse_nodes([{"Node": "n1", "Address": "10.0.0.1"}, {"Node": ""}, 7]) == {
+        "n1": "10.0.0.1"}

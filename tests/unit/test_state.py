@@ -1,0 +1,124 @@
+"""The saved table: round trip, atomic writes, corrupt and foreign files, the saver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dnsd.errors import StateFileError
+from dnsd.model import Health, Instance, Node, View
+from dnsd.state import FILE_NAME, StateSaver, encode_views, load_views, save_views
+
+VIEWS = {
+    "consul:http://127.0.0.1:8500": View(
+        instances=(
+            Instance("web", "node1", "dc1", id="web-1", node_address="10.0.0.1", port=80,
+                     tags=("v1", "http"), health=Health.WARNING, weight_passing=3,
+                     weight_warning=1, meta={"version": "1.2"}),
+            Instance("db", "node2", "dc2", address="2001:db8::5", port=5432),
+            Instance("ext", "node3", "dc1", address="db.example.com", port=1),
+        ),
+        nodes=(Node("node1", "dc1", "10.0.0.1"), Node("lonely", "dc1", "")),
+        local_datacenter="dc1"),
+    "zookeeper:zk1:2181/services": View(
+        instances=(Instance("cache", "host-a", "dc1", node_address="10.1.0.1", port=6379),)),
+}
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    save_views(str(tmp_path), VIEWS)
+    assert load_views(str(tmp_path)) == VIEWS
+    assert os.listdir(tmp_path) == [FILE_NAME]  # no temporary file left behind
+
+
+def test_save_replaces_and_creates_the_directory(tmp_path: Path) -> None:
+    target = tmp_path / "deeper" / "state"
+    save_views(str(target), VIEWS)
+    save_views(str(target), {})
+    assert load_views(str(target)) == {}
+
+
+def test_nothing_saved_yet_is_empty(tmp_path: Path) -> None:
+    assert load_views(str(tmp_path)) == {}
+
+
+def _write(tmp_path: Path, payload: bytes) -> None:
+    (tmp_path / FILE_NAME).write_bytes(payload)
+
+
+def _valid() -> dict[str, object]:
+    return json.loads(encode_views(VIEWS))  # type: ignore[no-any-return]
+
+
+def _instance_field(data: dict[str, object], key: str, value: object) -> dict[str, object]:
+    views = data["views"]
+    assert isinstance(views, dict)
+    views["consul:http://127.0.0.1:8500"]["instances"][0][key] = value
+    return data
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (b"\x00\xffgarbage", "not JSON"),
+    (b"[1, 2]", "not a dnsd table"),
+    (b'{"format": "something-else", "version": 1}', "not a dnsd table"),
+    (json.dumps({**_valid(), "version": 99}).encode(), "format version 99"),
+    (json.dumps({**_valid(), "views": []}).encode(), "views is missing"),
+    (json.dumps(_instance_field(_valid(), "port", "80")).encode(), "port"),
+    (json.dumps(_instance_field(_valid(), "port", 99999)).encode(), "port"),
+    (json.dumps(_instance_field(_valid(), "health", "sick")).encode(), "unknown health"),
+    (json.dumps(_instance_field(_valid(), "service", "bad name")).encode(), "service name"),
+    (json.dumps(_instance_field(_valid(), "tags", [1])).encode(), "tags"),
+    (encode_views(VIEWS)[:-20], "not JSON"),  # a torn write
+])
+def test_corrupt_or_foreign_files_raise_state_file_error(tmp_path: Path, payload: bytes,
+                                                         message: str) -> None:
+    _write(tmp_path, payload)
+    with pytest.raises(StateFileError) as info:
+        load_views(str(tmp_path))
+    assert message in str(info.value)
+    assert str(tmp_path / FILE_NAME) in str(info.value)
+
+
+def test_unreadable_file_raises_state_file_error(tmp_path: Path) -> None:
+    (tmp_path / FILE_NAME).mkdir()  # a directory where the file should be
+    with pytest.raises(StateFileError):
+        load_views(str(tmp_path))
+
+
+async def test_saver_debounces_a_burst_into_one_write(tmp_path: Path) -> None:
+    current: dict[str, View] = {}
+    saver = StateSaver(str(tmp_path), lambda: current, delay=0.05)
+    for n in range(20):
+        current = {"s": View(instances=(Instance(f"svc{n}", "n1", "dc1", port=n),))}
+        saver.notify(None)
+    assert saver.saves == 0
+    await asyncio.sleep(0.3)
+    assert saver.saves == 1
+    assert load_views(str(tmp_path)) == current  # the last state of the burst
+
+
+async def test_saver_close_flushes_pending(tmp_path: Path) -> None:
+    saver = StateSaver(str(tmp_path), lambda: VIEWS, delay=10.0)
+    saver.notify(None)
+    await saver.close()
+    assert saver.saves == 1
+    assert load_views(str(tmp_path)) == VIEWS
+
+
+async def test_saver_write_failure_is_logged_not_raised(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    saver = StateSaver(str(blocker / "state"), lambda: VIEWS, delay=0.01)
+    saver.notify(None)
+    await asyncio.sleep(0.1)
+    saver.notify(None)
+    await asyncio.sleep(0.1)
+    await saver.close()
+    assert saver.saves == 0
+    warnings = [r for r in caplog.records if r.name == "dnsd.state"]
+    assert len(warnings) == 1  # the same error once, not per attempt
