@@ -102,6 +102,10 @@ class App:
             from dnsd.sources.consul import ConsulSource
 
             sources.append(ConsulSource(self.config))
+        if self.config.zookeeper:
+            from dnsd.sources.zookeeper import ZooKeeperSource
+
+            sources.append(ZooKeeperSource(self.config))
         return sources
 
     def _forwarder(self) -> Forwarder | None:

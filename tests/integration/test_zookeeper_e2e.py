@@ -1,0 +1,152 @@
+"""End to end: a real dnsd (``python -m dnsd --zookeeper HOST:PORT/BASE``) answers
+for what a registrator stand-in writes to a real ZooKeeper, over real DNS."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.dnsd_process import DnsdProcess
+from tests.integration import conftest_zookeeper as fixtures
+from tests.integration.conftest_zookeeper import Registrator
+from tests.zookeeper_server import ZooKeeperServer
+
+zookeeper = fixtures.zookeeper  # the fixture, by name
+registrator = fixtures.registrator
+
+
+@pytest.fixture
+def dnsd(zookeeper: ZooKeeperServer, registrator: Registrator) -> Iterator[DnsdProcess]:
+    with DnsdProcess(["--zookeeper", f"{zookeeper.hosts}{registrator.base}",
+                      "--node-name", "testnode", "--allow-recursion", "192.0.2.0/24"]) as proc:
+        proc.wait_for_log(r"ZooKeeper .*: up")
+        yield proc
+
+
+def addresses(reply: dns.message.Message) -> set[str]:
+    return {rd.address for rrset in reply.answer if rrset.rdtype in (
+        dns.rdatatype.A, dns.rdatatype.AAAA) for rd in rrset}
+
+
+def wait_answer(proc: DnsdProcess, name: str, check: Callable[[dns.message.Message], bool],
+                rdtype: str = "A", timeout: float = 10.0) -> dns.message.Message:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = proc.query(name, rdtype)
+        if check(reply):
+            return reply
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} {rdtype}: still {reply}\n{proc.log}")
+        time.sleep(0.005)
+
+
+def test_register_a_srv_tags_and_remove(dnsd: DnsdProcess, registrator: Registrator) -> None:
+    reg = registrator
+    reg.register("web", "10.0.0.1", 8080, tags=["http"], attrs={"version": "1"})
+    reg.register("web", "10.0.0.2", 8081)
+    reg.register("dns-53", "10.0.0.3", 53, tags=["udp"])
+    reply = wait_answer(dnsd, "web.service.consul",
+                        lambda r: addresses(r) == {"10.0.0.1", "10.0.0.2"})
+    assert reply.flags & dns.flags.AA
+
+    srv = dnsd.query("web.service.dc1.consul", "SRV")
+    records = sorted((rd.port, rd.weight, rd.priority, str(rd.target))
+                     for rrset in srv.answer for rd in rrset)
+    assert records == [(8080, 1, 1, "0a000001.addr.dc1.consul."),
+                       (8081, 1, 1, "0a000002.addr.dc1.consul.")]
+    assert {rd.address for rrset in srv.additional if rrset.rdtype == dns.rdatatype.A
+            for rd in rrset} == {"10.0.0.1", "10.0.0.2"}
+
+    assert addresses(dnsd.query("http.web.service.consul")) == {"10.0.0.1"}
+    udp = wait_answer(dnsd, "_dns-53._udp.service.consul", lambda r: bool(r.answer), "SRV")
+    assert [rd.port for rrset in udp.answer for rd in rrset] == [53]
+    # The node is named after the address.
+    assert addresses(dnsd.query("10.0.0.1.node.consul")) == {"10.0.0.1"}
+
+    reg.deregister("web", "10.0.0.1:8080")
+    wait_answer(dnsd, "web.service.consul", lambda r: addresses(r) == {"10.0.0.2"})
+    reg.deregister("web", "10.0.0.2:8081")
+    wait_answer(dnsd, "web.service.consul", lambda r: r.rcode() == dns.rcode.NXDOMAIN)
+
+
+def test_ipv6_and_malformed_nodes(dnsd: DnsdProcess, registrator: Registrator) -> None:
+    reg = registrator
+    reg.create("api", "fd00::7:443", b"")                 # no JSON: the name serves
+    reg.create("api", "10.0.0.8:443", b"{not json")
+    reg.create("api", "garbage", b"\x00\x01")             # skipped, logged
+    # Three writes, possibly three swaps: wait for each to show.
+    wait_answer(dnsd, "api.service.consul",
+                lambda r: addresses(r) == {"fd00::7"}, rdtype="AAAA")
+    wait_answer(dnsd, "api.service.consul", lambda r: addresses(r) == {"10.0.0.8"})
+    dnsd.wait_for_log(r"skipping .*/api/garbage")
+
+
+def test_zookeeper_down_keeps_answering_then_catches_up(
+        zookeeper: ZooKeeperServer, dnsd: DnsdProcess, registrator: Registrator) -> None:
+    reg = registrator
+    reg.register("web", "10.0.1.1", 80)
+    wait_answer(dnsd, "web.service.consul", lambda r: addresses(r) == {"10.0.1.1"})
+    zookeeper.stop()
+    try:
+        dnsd.wait_for_log(r"stale.*connection to ZooKeeper lost")
+        for _ in range(5):  # the last table keeps serving
+            assert addresses(dnsd.query("web.service.consul")) == {"10.0.1.1"}
+            time.sleep(0.1)
+    finally:
+        zookeeper.start()
+    deadline = time.monotonic() + 20
+    while not reg.client.connected:
+        assert time.monotonic() < deadline, "registrator stand-in did not reconnect"
+        time.sleep(0.01)
+    reg.register("web", "10.0.1.2", 80)
+    reg.deregister("web", "10.0.1.1:80")
+    wait_answer(dnsd, "web.service.consul", lambda r: addresses(r) == {"10.0.1.2"},
+                timeout=20)
+
+
+def measure_latency(dnsd: DnsdProcess, reg: Registrator, changes: int) -> list[float]:
+    """Seconds from a znode create/delete to the first DNS answer showing it."""
+    reg.register("lat", "10.2.0.1", 80)  # a steady instance keeps the service node
+    wait_answer(dnsd, "lat.service.consul", lambda r: "10.2.0.1" in addresses(r))
+    latencies = []
+    for n in range(changes):
+        adding = n % 2 == 0
+        started = time.monotonic()
+        if adding:
+            reg.register("lat", "10.2.0.2", 80)
+        else:
+            reg.deregister("lat", "10.2.0.2:80")
+        while ("10.2.0.2" in addresses(dnsd.query("lat.service.consul"))) != adding:
+            if time.monotonic() - started > 5:
+                raise AssertionError(f"change {n} not visible after 5 s")
+        latencies.append(time.monotonic() - started)
+    return latencies
+
+
+def report(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (f"{len(ordered)} changes: median {statistics.median(ordered) * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms")
+
+
+def test_propagation_is_fast(dnsd: DnsdProcess, registrator: Registrator) -> None:
+    latencies = measure_latency(dnsd, registrator, 20)
+    print(report(latencies))
+    # Generous for a loaded 2-core machine; the slow variant measures properly.
+    assert statistics.median(latencies) < 0.25
+
+
+@pytest.mark.slow
+def test_propagation_latency_200_changes(dnsd: DnsdProcess, registrator: Registrator) -> None:
+    latencies = measure_latency(dnsd, registrator, 200)
+    print(report(latencies))
+    ordered = sorted(latencies)
+    assert ordered[int(len(ordered) * 0.99)] < 0.05
