@@ -3,9 +3,11 @@ for what a registrator stand-in writes to a real ZooKeeper, over real DNS."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -150,3 +152,26 @@ def test_propagation_latency_200_changes(dnsd: DnsdProcess, registrator: Registr
     print(report(latencies))
     ordered = sorted(latencies)
     assert ordered[int(len(ordered) * 0.99)] < 0.05
+
+
+def test_state_dir_serves_the_saved_table_when_zookeeper_is_down_at_start(
+        zookeeper: ZooKeeperServer, registrator: Registrator, tmp_path: Path) -> None:
+    state = f"{tmp_path}/state"
+    args = ["--zookeeper", f"{zookeeper.hosts}{registrator.base}", "--state-dir", state]
+    with DnsdProcess(args) as proc:
+        proc.wait_for_log(r"ZooKeeper .*: up")
+        registrator.register("web", "10.0.0.7", 8080)
+        wait_answer(proc, "web.service.consul", lambda r: addresses(r) == {"10.0.0.7"})
+        deadline = time.monotonic() + 5  # the save is debounced
+        while not os.path.exists(os.path.join(state, "table.json")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    zookeeper.stop()
+    try:
+        started = time.monotonic()
+        with DnsdProcess(args) as proc:
+            reply = proc.query("web.service.consul")
+            assert addresses(reply) == {"10.0.0.7"}
+            assert time.monotonic() - started < 5
+    finally:
+        zookeeper.start()
