@@ -261,6 +261,12 @@ class ZooKeeperSource:
     def name(self) -> str:
         return f"zookeeper:{self.spec}"
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Event counts for ``dnsd_source_events`` (read at scrape time)."""
+        return {"skipped": self.skipped_total, "ignored": self.ignored_total,
+                "resyncs": self.resyncs_total, "publishes": self.publishes_total}
+
     async def run(self, sink: Sink) -> None:
         # Each run gets its own client and watcher, so callbacks still queued
         # from a previous (crashed and restarted) run can only reach their own
