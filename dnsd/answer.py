@@ -44,7 +44,8 @@ class AnswerSet:
 
     ``extras[i]`` holds the additional records that go with ``answers[i]`` (SRV
     targets' addresses), so that what survives truncation stays consistent.
-    ``pick_one``: only one of the answers is sent (a CNAME), chosen by rotation.
+    ``pick_one``: only one of the answers is sent (a CNAME), chosen by rotation;
+    ``targets[i]`` is then the name ``answers[i]`` points to, for chasing.
     ``_turn`` is this set's own rotation counter; nothing shared is shuffled.
     """
 
@@ -54,6 +55,7 @@ class AnswerSet:
     extras: tuple[tuple[bytes, ...], ...] = ()
     additional: tuple[bytes, ...] = ()
     pick_one: bool = False
+    targets: tuple[str, ...] = ()
     _turn: int = field(default=0)
 
     def one_rrset(self) -> AnswerSet:
@@ -196,7 +198,8 @@ class _Builder:
             if node is None:
                 return self.nxdomain()
             if node.address_kind is AddressKind.HOSTNAME:
-                return AnswerSet(NOERROR, (rr.cname(rr.QNAME_POINTER, self.ttl, node.address),))
+                return AnswerSet(NOERROR, (rr.cname(rr.QNAME_POINTER, self.ttl, node.address),),
+                                 pick_one=True, targets=(node.address,))
             return self.addresses([node.address] if node.address else [])
         return self.nxdomain()
 
@@ -236,10 +239,11 @@ class _Builder:
         ips = [i.effective_address for i in live
                if i.effective_kind in (AddressKind.IPV4, AddressKind.IPV6)]
         if not ips:
-            hosts = _dedupe([rr.cname(rr.QNAME_POINTER, self.ttl, i.effective_address)
-                             for i in live if i.effective_kind is AddressKind.HOSTNAME])
-            if hosts:  # an external service: one CNAME, rotated among the hosts
-                return AnswerSet(NOERROR, hosts, pick_one=True)
+            targets = tuple(dict.fromkeys(i.effective_address for i in live
+                                          if i.effective_kind is AddressKind.HOSTNAME))
+            if targets:  # an external service: one CNAME, rotated among the hosts
+                hosts = tuple(rr.cname(rr.QNAME_POINTER, self.ttl, t) for t in targets)
+                return AnswerSet(NOERROR, hosts, pick_one=True, targets=targets)
         return self.addresses(ips)
 
     def srv(self, live: list[Instance], dc: str) -> AnswerSet:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 import struct
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
+from dnsd import records as rr
 from dnsd.answer import (
     CLASS_ANY,
     Answerer,
@@ -46,6 +48,8 @@ query_log = logging.getLogger("dnsd.query")
 
 CLASS_IN = 1
 QTYPE_ANY = 255
+QTYPE_A = 1
+QTYPE_AAAA = 28
 ZONE_TRANSFERS = (251, 252)  # IXFR, AXFR: not served (RFC 5936 allows REFUSED)
 TCP_LIMIT = 65535
 
@@ -192,6 +196,9 @@ class Handler:
             if query.qtype == QTYPE_ANY and not over_tcp:
                 answer = answer.one_rrset()
             limit = TCP_LIMIT if over_tcp else udp_limit(query)
+            if (answer.targets and query.qtype in (QTYPE_A, QTYPE_AAAA)
+                    and self.forwarder is not None and self.recursion_allowed(client)):
+                return self._chase(self.forwarder, query, answer, limit, ra)
             cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
             turns = len(answer.answers)
             if turns > MAX_ROTATIONS:
@@ -208,6 +215,18 @@ class Handler:
             hit = self.forwarder.cached(query, over_tcp)
             return hit if hit is not None else self.forwarder.forward(query, over_tcp)
         return error_reply(query.wire, REFUSED, query, ra=ra)
+
+    async def _chase(self, forwarder: Forwarder, query: Query, answer: AnswerSet, limit: int,
+                     ra: bool) -> bytes:
+        """An external service's CNAME followed through the upstreams, as Consul
+        does with its recursors: stub resolvers such as glibc do not chase a
+        CNAME themselves, so without the target's addresses curl would fail.
+        If the target does not resolve, the CNAME alone is the answer."""
+        turn = answer.next_turn() % len(answer.answers)
+        sub = parse_query(question_wire(answer.targets[turn], query.qtype))
+        chased = rr.address_answers(await forwarder.forward(sub, False))
+        full = AnswerSet(answer.rcode, (answer.answers[turn], *chased))
+        return render(query, full, limit=limit, ra=ra, turn=0)
 
     def recursion_allowed(self, client: str) -> bool:
         allowed = self._allowed_cache.get(client)
@@ -250,6 +269,13 @@ class Handler:
                            qtype, rcode_text,
                            (time.perf_counter() - started) * 1000)
         return reply
+
+
+def question_wire(name: str, qtype: int) -> bytes:
+    """A recursive query of our own (random ID, RD, EDNS0 at 1232 bytes)."""
+    header = struct.pack("!HHHHHH", secrets.randbits(16), RD, 1, 0, 0, 1)
+    return (header + rr.name(name) + struct.pack("!HH", qtype, CLASS_IN)
+            + opt_record(1232, False))
 
 
 def truncated_reply(query: Query) -> bytes:

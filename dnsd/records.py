@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RD, SOA, SRV, A
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RD, SOA, SRV, A, DNSRecord
 from dnslib.label import DNSBuffer
 
 from dnsd.wire import encode_name
@@ -78,6 +78,19 @@ def soa(owner: bytes, zone: str, serial: int, minimum: int) -> bytes:
     rd = SOA(f"ns.{zone}.", f"hostmaster.{zone}.",
              (serial & 0xFFFFFFFF, 3600, 600, 86400, minimum))
     return record(owner, T_SOA, minimum, rd)
+
+
+def address_answers(reply: bytes) -> list[bytes]:
+    """The A, AAAA and CNAME records of a NOERROR reply's answer section, each
+    re-encoded to stand alone; [] for any other reply (or one that won't parse)."""
+    try:
+        parsed = DNSRecord.parse(reply)
+    except Exception:  # dnslib raises several kinds on bad input
+        return []
+    if parsed.header.rcode != 0:
+        return []
+    return [record(name(str(r.rname)), r.rtype, r.ttl, r.rdata) for r in parsed.rr
+            if r.rtype in (T_A, T_AAAA, T_CNAME)]
 
 
 def name(text: str) -> bytes:

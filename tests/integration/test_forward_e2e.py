@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from tests.conftest import SERVICES
@@ -114,3 +116,25 @@ def test_upstream_equal_to_own_listen_address_is_refused_at_start() -> None:
     result = run_cli(["--listen", "127.0.0.1:53535", "--upstream", "127.0.0.1:53535"],
                      timeout=10)
     assert result.returncode != 0 and "loop" in result.stderr
+
+
+def test_external_service_cname_is_chased_through_the_upstream(tmp_path: Path) -> None:
+    """A service whose address is a host name answers CNAME plus the target's
+    addresses, as Consul does with recursors, so glibc and curl can connect."""
+    services = tmp_path / "services.toml"
+    services.write_text('[[services]]\nname = "search"\naddress = "search.example.test"\n'
+                        'port = 443\n[[services]]\nname = "gone"\n'
+                        'address = "nowhere.example.test"\nport = 1\n')
+    with Dnsmasq(["--host-record=search.example.test,10.9.8.7"]) as upstream, \
+            DnsdProcess(["--static", str(services), "--upstream", upstream.spec]) as proc:
+        reply = proc.query("search.service.consul", "A")
+        assert [rrset.to_text() for rrset in reply.answer] == [
+            "search.service.consul. 0 IN CNAME search.example.test.",
+            "search.example.test. 60 IN A 10.9.8.7"]
+        assert reply.flags & dns.flags.AA
+        # SRV names the host; an unresolvable target leaves the CNAME alone
+        srv = proc.query("search.service.consul", "SRV")
+        assert srv.answer[0][0].target.to_text() == "search.example.test."
+        reply = proc.query("gone.service.consul", "A")
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert [r.rdtype for r in reply.answer] == [dns.rdatatype.CNAME]
