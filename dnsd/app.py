@@ -23,7 +23,7 @@ from dnsd.handler import Forwarder, Handler
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.ratelimit import RateLimiter
-from dnsd.server import PktinfoUdp, Tasks, TcpLimits, TcpProtocol, UdpProtocol
+from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpSocket
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.static import StaticSource
 from dnsd.state import StateSaver, load_views
@@ -51,7 +51,7 @@ class SourceStatus:
 class Listener:
     host: str
     port: int
-    udp: asyncio.DatagramTransport | PktinfoUdp
+    udp: UdpSocket
     tcp: asyncio.AbstractServer
 
 
@@ -241,12 +241,8 @@ class App:
                 raise OSError(exc.errno, f"cannot listen on tcp "
                               f"{format_hostport(host, bound)}: {exc.strerror}") from None
             tcp_sock.listen(1024)
-            udp: asyncio.DatagramTransport | PktinfoUdp
-            if ipaddress.ip_address(host).is_unspecified:
-                udp = PktinfoUdp(udp_sock, self.handler.handle, self.tasks)
-            else:
-                udp, _ = await loop.create_datagram_endpoint(
-                    lambda: UdpProtocol(self.handler.handle, self.tasks), sock=udp_sock)
+            udp = UdpSocket(udp_sock, self.handler.handle, self.tasks,
+                            pktinfo=ipaddress.ip_address(host).is_unspecified)
             tcp = await loop.create_server(
                 lambda: TcpProtocol(self.handler.handle, self.tasks, self.tcp_limits),
                 sock=tcp_sock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import Awaitable
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from dnsd.handler import Reply
-from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpProtocol
+from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpSocket
 
 
 class FakeTransport(asyncio.Transport):
@@ -138,22 +139,52 @@ async def test_tcp_oversized_buffer_is_aborted() -> None:
     assert transport.aborted
 
 
+def _udp_pair() -> tuple[socket.socket, socket.socket]:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(2)
+    return server, client
+
+
 @pytest.mark.parametrize("reply", [b"answer", None])
 async def test_udp_sends_sync_replies_and_skips_drops(reply: bytes | None) -> None:
-    proto = UdpProtocol(lambda w, c, t: reply, Tasks())
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    proto.datagram_received(b"query", ("192.0.2.1", 53000))
-    assert transport.sent == ([(reply, ("192.0.2.1", 53000))] if reply else [])
+    server, client = _udp_pair()
+    seen: list[tuple[bytes, str]] = []
+
+    def handle(wire: bytes, peer: str, tcp: bool) -> Reply:
+        seen.append((wire, peer))
+        return reply
+
+    endpoint = UdpSocket(server, handle, Tasks())
+    try:
+        client.sendto(b"query", server.getsockname())
+        if reply is None:
+            client.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                await asyncio.to_thread(client.recv, 100)
+        else:
+            assert await asyncio.to_thread(client.recv, 100) == reply
+        assert seen == [(b"query", "127.0.0.1")]
+    finally:
+        endpoint.close()
+        client.close()
 
 
 async def test_udp_sends_async_replies_later() -> None:
+    server, client = _udp_pair()
+
     async def later() -> Reply:
+        await asyncio.sleep(0.01)
         return b"late"
+
     tasks = Tasks()
-    proto = UdpProtocol(lambda w, c, t: later(), tasks)
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    proto.datagram_received(b"q", ("192.0.2.1", 1))
-    await tasks.drain(1)
-    assert transport.sent == [(b"late", ("192.0.2.1", 1))]
+    endpoint = UdpSocket(server, lambda w, c, t: later(), tasks)
+    try:
+        client.sendto(b"q", server.getsockname())
+        assert await asyncio.to_thread(client.recv, 100) == b"late"
+    finally:
+        await tasks.drain(1)
+        endpoint.close()
+        client.close()
