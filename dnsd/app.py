@@ -154,7 +154,7 @@ class App:
     def metrics_inputs(self) -> MetricsInputs:
         return MetricsInputs(
             stats=self.stats, table=self.table, statuses=lambda: self.statuses,
-            ready=lambda: self.ready,
+            ready=lambda: self.ready, before_scrape=self.handler.flush_stats,
             forwarder_stats=lambda: getattr(self.forwarder, "stats", None),
             source_counters=lambda: {s.name: dict(getattr(s, "counters", {}))
                                      for s in self.sources if getattr(s, "counters", None)})

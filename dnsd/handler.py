@@ -14,7 +14,7 @@ import secrets
 import struct
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from dnsd import records as rr
 from dnsd.answer import (
@@ -69,19 +69,36 @@ class CachedReply:
     EDNS size and options, so the rendered reply is exactly what the slow path
     would build. The rotation counter is the answer set's, shared by every
     spelling of the question (EDNS cookies, 0x20 case), so clients that vary
-    their bytes still see the records rotate.
+    their bytes still see the records rotate. ``hits`` are folded into the
+    query statistics when they are read, not per query.
     """
 
-    __slots__ = ("answer", "qtype", "rcode", "renders")
+    __slots__ = ("answer", "hits", "qtype", "rcode", "renders")
 
     def __init__(self, qtype: int, rcode: int, renders: list[bytes], answer: AnswerSet) -> None:
         self.qtype = qtype
         self.rcode = rcode
         self.renders = renders
         self.answer = answer
+        self.hits = 0
 
     def next(self) -> bytes:
         return self.renders[self.answer.next_turn() % len(self.renders)]
+
+
+class ForwardedReply:
+    """A forwarded answer from the forwarder's cache, as rendered in one second
+    of the clock: TTLs count down in whole seconds, so within that second the
+    same bytes are the right answer and the forwarder need not render again."""
+
+    __slots__ = ("hits", "qtype", "rcode", "second", "tail")
+
+    def __init__(self, second: int, tail: bytes, qtype: int) -> None:
+        self.second = second
+        self.tail = tail
+        self.qtype = qtype
+        self.rcode = tail[1] & 0xF
+        self.hits = 0
 
 
 class Forwarder(Protocol):
@@ -89,6 +106,9 @@ class Forwarder(Protocol):
 
     @property
     def enabled(self) -> bool: ...
+
+    @property
+    def stats(self) -> Any: ...
 
     def cached(self, query: Query, over_tcp: bool) -> bytes | None: ...
 
@@ -114,6 +134,30 @@ class Handler:
         self._allowed_cache: dict[str, bool] = {}
         self._replies_version = -1
         self._replies: tuple[dict[bytes, CachedReply], dict[bytes, CachedReply]] = ({}, {})
+        self._forwarded: tuple[dict[bytes, ForwardedReply], dict[bytes, ForwardedReply]] = (
+            {}, {})
+
+    def flush_stats(self) -> None:
+        """Fold the hot path's per-reply hit counts into ``stats`` (before a read)."""
+        for transport, replies in (("udp", self._replies[0]), ("tcp", self._replies[1])):
+            for cached in replies.values():
+                if cached.hits:
+                    self.stats.count(cached.qtype, cached.rcode, transport, cached.hits)
+                    cached.hits = 0
+        forwarded_hits = 0
+        for transport, fwd in (("udp", self._forwarded[0]), ("tcp", self._forwarded[1])):
+            for entry in fwd.values():
+                if entry.hits:
+                    self.stats.count(entry.qtype, entry.rcode, transport, entry.hits)
+                    forwarded_hits += entry.hits
+                    entry.hits = 0
+        if forwarded_hits and self.forwarder is not None:
+            self.forwarder.stats.cache_hits += forwarded_hits
+
+    def _drop_replies(self) -> None:
+        self.flush_stats()
+        for replies in self._replies:
+            replies.clear()
 
     def reconfigure(self, *, answerer: Answerer, allow_recursion: Sequence[Network],
                     udp_answer_limit: int, log_queries: bool,
@@ -145,21 +189,30 @@ class Handler:
           second time an empty TC reply so a real client retries over TCP.
         """
         started = time.perf_counter() if self.timed else 0.0
-        # The hot path: a reply rendered before under this snapshot.
-        version = self.table.snapshot.version
-        if version != self._replies_version:
-            self._replies[0].clear()
-            self._replies[1].clear()
-            self._replies_version = version
-        cached = self._replies[over_tcp].get(wire[2:])
-        if cached is not None and (over_tcp or self.rate_limiter is None):
-            reply = wire[:2] + cached.next()
-            if self.log_queries:
-                return self._finish(parse_query(wire), reply, client, over_tcp, started)
-            self.stats.count(cached.qtype, cached.rcode, "tcp" if over_tcp else "udp")
-            if self.timed:
-                self.stats.observe(time.perf_counter() - started)
-            return reply
+        # The hot path: a reply rendered before, found by the query's bytes.
+        if over_tcp or self.rate_limiter is None:
+            version = self.table.snapshot.version
+            if version != self._replies_version:
+                self._drop_replies()
+                self._replies_version = version
+            key = wire[2:]
+            cached = self._replies[over_tcp].get(key)
+            reply: bytes | None = None
+            if cached is not None:
+                cached.hits += 1
+                reply = wire[:2] + cached.next()
+            else:
+                fwd = self._forwarded[over_tcp].get(key)
+                if (fwd is not None and fwd.second == int(time.monotonic())
+                        and self.recursion_allowed(client)):
+                    fwd.hits += 1
+                    reply = wire[:2] + fwd.tail
+            if reply is not None:
+                if self.log_queries:
+                    return self._finish(parse_query(wire), reply, client, over_tcp, started)
+                if self.timed:
+                    self.stats.observe(time.perf_counter() - started)
+                return reply
         query: Query | None = None
         result: Reply | Awaitable[Reply]
         try:
@@ -208,12 +261,20 @@ class Handler:
             cached = CachedReply(query.qtype, answer.rcode, renders, answer)
             replies = self._replies[over_tcp]
             if len(replies) >= MAX_CACHED_REPLIES:  # random names: start over
-                replies.clear()
+                self._drop_replies()
             replies[query.wire[2:]] = cached
             return query.wire[:2] + cached.next()
         if self.forwarder is not None and self.recursion_allowed(client):
             hit = self.forwarder.cached(query, over_tcp)
-            return hit if hit is not None else self.forwarder.forward(query, over_tcp)
+            if hit is None:
+                return self.forwarder.forward(query, over_tcp)
+            forwarded = self._forwarded[over_tcp]
+            if len(forwarded) >= MAX_CACHED_REPLIES:
+                self.flush_stats()
+                forwarded.clear()
+            forwarded[query.wire[2:]] = ForwardedReply(int(time.monotonic()), hit[2:],
+                                                       query.qtype)
+            return hit
         return error_reply(query.wire, REFUSED, query, ra=ra)
 
     async def _chase(self, forwarder: Forwarder, query: Query, answer: AnswerSet, limit: int,

@@ -53,6 +53,7 @@ class MetricsInputs:
     ready: Callable[[], tuple[bool, str]]
     forwarder_stats: Callable[[], Any | None] = lambda: None
     source_counters: Callable[[], Mapping[str, Mapping[str, int]]] = lambda: {}
+    before_scrape: Callable[[], None] = lambda: None  # folds the hot path's counts in
 
 
 class DnsdCollector(Collector):
@@ -60,6 +61,7 @@ class DnsdCollector(Collector):
         self.inputs = inputs
 
     def collect(self) -> Iterator[Metric]:
+        self.inputs.before_scrape()
         stats = self.inputs.stats
         replies = CounterMetricFamily("dnsd_responses", "Replies sent, by query type, "
                                       "rcode and transport", labels=["qtype", "rcode",

@@ -25,9 +25,9 @@ class QueryStats:
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
 
-    def count(self, qtype: int, rcode: int, transport: str) -> None:
+    def count(self, qtype: int, rcode: int, transport: str, n: int = 1) -> None:
         key = (qtype, rcode, transport)
-        self.replies[key] = self.replies.get(key, 0) + 1
+        self.replies[key] = self.replies.get(key, 0) + n
 
     def observe(self, seconds: float) -> None:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
