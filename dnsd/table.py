@@ -88,17 +88,19 @@ def build_snapshot(version: int, views: Mapping[str, View], local_datacenter: st
             if known is None or (not known.address and inst.node_address):
                 nodes[nkey] = Node(inst.node, inst.datacenter, inst.node_address)
 
-    reverse: dict[str, list[ReverseEntry]] = {}
+    # address -> names, insertion-ordered and deduplicated (dict keys as a set)
+    reverse: dict[str, dict[ReverseEntry, None]] = {}
+    ips = (AddressKind.IPV4, AddressKind.IPV6)
     for (dc, _), node in nodes.items():
-        if node.address_kind in (AddressKind.IPV4, AddressKind.IPV6):
-            reverse.setdefault(node.address, []).append(ReverseEntry("node", dc, node.name))
+        if node.address_kind in ips:
+            reverse.setdefault(node.address, {})[ReverseEntry("node", dc, node.name)] = None
     for (dc, _svc), group in services.items():
+        entry = None
         for inst in group:
-            if inst.address_kind in (AddressKind.IPV4, AddressKind.IPV6):
-                entries = reverse.setdefault(inst.address, [])
-                entry = ReverseEntry("service", dc, inst.service)
-                if entry not in entries:
-                    entries.append(entry)
+            if inst.address_kind in ips:
+                if entry is None or entry.name != inst.service:
+                    entry = ReverseEntry("service", dc, inst.service)
+                reverse.setdefault(inst.address, {})[entry] = None
 
     return Snapshot(
         version=version,
