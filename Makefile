@@ -8,9 +8,11 @@ PORT   ?= 8600
 # and the resolvers people run: musl, Go, c-ares (Node.js), Java, Unbound, curl.
 DEBS   := dnsutils dnsmasq-base zookeeperd iproute2 python3-venv musl-tools golang-go \
           unbound curl nodejs default-jre-headless
+# The benchmark's load generator (make bench only).
+BENCH_DEBS := dnsperf dnsmasq-base
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps venv lint typecheck unit bench clean
+.PHONY: run test deps bench-deps venv lint bench bench-scale clean
 
 $(BIN)/dnsd: pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) || { $(MAKE) deps && $(PYTHON) -m venv $(VENV); }
@@ -23,8 +25,9 @@ venv: $(BIN)/dnsd
 run: $(BIN)/dnsd
 	$(BIN)/dnsd --listen 127.0.0.1:$(PORT) --static resolv-examples/services.toml
 
-deps:
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+deps bench-deps: PKGS = $(if $(filter bench-deps,$@),$(BENCH_DEBS),$(DEBS))
+deps bench-deps:
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && \
@@ -38,8 +41,11 @@ lint: $(BIN)/dnsd
 test: deps $(BIN)/dnsd lint
 	$(BIN)/python -m pytest -q
 
-bench: deps $(BIN)/dnsd
+bench: bench-deps $(BIN)/dnsd
 	$(BIN)/python -m tests.perf.bench
+
+bench-scale: bench-deps $(BIN)/dnsd
+	$(BIN)/python -m tests.perf.scale
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
