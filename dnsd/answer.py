@@ -294,6 +294,18 @@ def reply_flags(query: Query, rcode: int, *, aa: bool, ra: bool, tc: bool = Fals
     return flags
 
 
+def _fit(records: Sequence[bytes], size: int, limit: int) -> tuple[list[bytes], int, bool]:
+    """The leading records that fit within ``limit``, the new size, and whether
+    any had to be left out."""
+    kept: list[bytes] = []
+    for record in records:
+        if size + len(record) > limit:
+            return kept, size, True
+        size += len(record)
+        kept.append(record)
+    return kept, size, False
+
+
 def render(query: Query, answer: AnswerSet, *, limit: int, answer_cap: int = 0,
            ra: bool = False, turn: int | None = None) -> bytes:
     """The reply to ``query``: rotated, capped, and fitted into ``limit`` bytes.
@@ -321,25 +333,11 @@ def render(query: Query, answer: AnswerSet, *, limit: int, answer_cap: int = 0,
             answers = answers[:answer_cap]
     opt = opt_record(MAX_UDP, query.edns.do) if query.edns is not None else b""
     size = 12 + len(query.question) + len(opt)
-    tc = False
-    kept_answers: list[bytes] = []
-    for record in answers:
-        size += len(record)
-        if size > limit:
-            tc = True
-            size -= len(record)
-            break
-        kept_answers.append(record)
+    kept_answers, size, tc = _fit(answers, size, limit)
     kept_authority: list[bytes] = []
     kept_additional: list[bytes] = []
     if not tc:
-        for record in answer.authority:
-            size += len(record)
-            if size > limit:
-                tc = True
-                size -= len(record)
-                break
-            kept_authority.append(record)
+        kept_authority, size, tc = _fit(answer.authority, size, limit)
     if not tc:
         pending = list(answer.additional)
         if extras:
