@@ -14,12 +14,12 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config, HostPort
 from dnsd.errors import DnsdError, StateFileError
-from dnsd.handler import Forwarder, Handler
+from dnsd.forward import Forwarder
+from dnsd.handler import Handler
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.ratelimit import RateLimiter
@@ -78,7 +78,7 @@ class App:
         self.sources: list[Source] = [*self.static_sources, *self._registry_sources()]
         for source in self.sources:
             self.statuses[source.name] = SourceStatus()
-        self.forwarder: Any = self._forwarder()
+        self.forwarder = self._forwarder()
         self.answerer = Answerer(zone_settings(cfg))
         self.stats = QueryStats()
         self.handler = Handler(self.table, self.answerer, self.forwarder,
@@ -109,9 +109,7 @@ class App:
         return sources
 
     def _forwarder(self) -> Forwarder | None:
-        from dnsd.forward import Forwarder as UpstreamForwarder
-
-        forwarder = UpstreamForwarder(self.config)
+        forwarder = Forwarder(self.config)
         return forwarder if forwarder.enabled else None
 
     # --- the Sink the sources report to -------------------------------------
