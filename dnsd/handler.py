@@ -3,7 +3,10 @@ decided: drop, FORMERR, NOTIMP, REFUSED, BADVERS, an in-zone answer, forwarding,
 or SERVFAIL when anything unexpected happens.
 
 Transport-neutral: the server's protocol classes call :meth:`Handler.handle` and
-send what it returns. Imports: ``answer``, ``table``, ``wire``.
+send what it returns. Holds the hot path's caches of rendered replies (keyed by
+the query's bytes after the ID). Forwarding plugs in through the ``Forwarder``
+protocol below. Imports: ``answer``, ``records``, ``ratelimit``, ``stats``,
+``table``, ``wire``.
 """
 
 from __future__ import annotations
