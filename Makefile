@@ -7,7 +7,7 @@ PORT   ?= 8600
 # ZooKeeper (the registry), iproute2 (network namespaces for glibc clients),
 # and the resolvers people run: musl, Go, c-ares (Node.js), Java, Unbound, curl.
 DEBS   := dnsutils dnsmasq-base zookeeperd iproute2 python3-venv musl-tools golang-go \
-          unbound curl nodejs default-jre-headless
+          unbound curl nodejs default-jre-headless openssl
 # The benchmark's load generator (make bench only).
 BENCH_DEBS := dnsperf dnsmasq-base
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
