@@ -27,6 +27,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -67,10 +68,16 @@ class ConsulDouble:
         self.datacenter = datacenter
         self._dcs: dict[str, _Dc] = {dc: _Dc() for dc in (datacenter, *remote)}
         self._raft = 10  # the global raft index; every write takes the next one
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        # One condition per (datacenter, blocking path), on the same lock: a write
+        # wakes only the long-polls whose index it moved, as Consul's watch
+        # channels do (waking all 250 of them per write would time the double).
+        self._waits: dict[tuple[str, str], tuple[threading.Condition, list[int]]] = {}
         self.leader = True
         self.required_token: str | None = None  # set: other tokens get 403, as ACLs do
         self.requests: Counter[str] = Counter()
+        self.requests_with_index: Counter[str] = Counter()  # blocking ones (index > 0)
         self.request_log: list[tuple[float, str]] = []
         self._open: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
@@ -90,7 +97,7 @@ class ConsulDouble:
         class Handler(_Handler):
             owner = double
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server = _Server(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
@@ -109,7 +116,7 @@ class ConsulDouble:
             for sock in list(self._open):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-            self._cond.notify_all()
+            self._notify(everyone=True)
 
     def restart(self) -> None:
         self.stop()
@@ -155,7 +162,7 @@ class ConsulDouble:
             for (n, _), svc in d.services.items():
                 if n == node:
                     self._touch_service(d, svc["Service"], idx)
-            self._cond.notify_all()
+            self._notify()
 
     def register(self, name: str, service_id: str | None = None, *, node: str = "node1",
                  node_address: str = "10.0.0.1", address: str = "", port: int = 0,
@@ -183,7 +190,7 @@ class ConsulDouble:
                 d.checks[(node, f"service:{sid}")] = _check(node, f"service:{sid}", status,
                                                             sid, name, idx)
                 d.checks_index = idx
-            self._cond.notify_all()
+            self._notify()
         return sid
 
     def deregister(self, service_id: str, node: str = "node1", dc: str | None = None) -> None:
@@ -199,7 +206,7 @@ class ConsulDouble:
                         if k[0] == node and c["ServiceID"] == service_id]:
                 del d.checks[key]
                 d.checks_index = idx
-            self._cond.notify_all()
+            self._notify()
 
     def set_check(self, service_id: str, status: str, node: str = "node1",
                   dc: str | None = None) -> None:
@@ -219,12 +226,12 @@ class ConsulDouble:
             for (n, _), s in d.services.items():
                 if n == node and (not service_id or s["ID"] == service_id):
                     self._touch_service(d, s["Service"], idx)
-            self._cond.notify_all()
+            self._notify()
 
     def set_leader(self, leader: bool) -> None:
         with self._cond:
             self.leader = leader
-            self._cond.notify_all()
+            self._notify(everyone=True)
 
     def rewind(self, to: int = 2) -> None:
         """Make every index go backwards, as a snapshot restore can."""
@@ -233,38 +240,61 @@ class ConsulDouble:
             for d in self._dcs.values():
                 d.nodes_index = d.services_index = d.checks_index = to
                 d.service_index = {k: to for k in d.service_index}
-            self._cond.notify_all()
+            self._notify(everyone=True)
+
+    def _notify(self, everyone: bool = False) -> None:
+        """Wake the long-polls whose index moved (all of them: ``everyone``);
+        called with the lock held, after a write."""
+        self._cond.notify_all()
+        for (dc_name, path), (cond, seen) in self._waits.items():
+            index = self._index(path, self._dcs[dc_name])
+            if everyone or index != seen[0]:
+                seen[0] = index if index is not None else 0
+                cond.notify_all()
 
     # --- reads -------------------------------------------------------------------
 
-    def _read(self, path: str, dc: _Dc, params: dict[str, str]) -> tuple[int, Any] | None:
-        """(index, body) for a blocking endpoint, None for an unknown path."""
+    @staticmethod
+    def _index(path: str, dc: _Dc) -> int | None:
+        """A blocking endpoint's index (cheap: checked on every wake-up), None
+        for an unknown path."""
+        if path == "/v1/catalog/services":
+            return dc.services_index
+        if path == "/v1/catalog/nodes":
+            return dc.nodes_index
+        if path == "/v1/health/state/any":
+            return dc.checks_index
+        if path.startswith("/v1/health/service/"):
+            name = unquote(path[len("/v1/health/service/"):])
+            return max(dc.service_index.get(name, dc.services_index), 1)
+        return None
+
+    @staticmethod
+    def _body(path: str, dc: _Dc, params: dict[str, str]) -> Any:
+        """A known blocking endpoint's reply body (built once, when replying)."""
         if path == "/v1/catalog/services":
             tags: dict[str, set[str]] = {}
             for svc in dc.services.values():
                 tags.setdefault(svc["Service"], set()).update(svc["Tags"])
-            return dc.services_index, {k: sorted(v) for k, v in sorted(tags.items())}
+            return {k: sorted(v) for k, v in sorted(tags.items())}
         if path == "/v1/catalog/nodes":
-            return dc.nodes_index, [dict(n) for _, n in sorted(dc.nodes.items())]
+            return [dict(n) for _, n in sorted(dc.nodes.items())]
         if path == "/v1/health/state/any":
-            return dc.checks_index, [dict(c) for _, c in sorted(dc.checks.items())]
-        if path.startswith("/v1/health/service/"):
-            name = unquote(path[len("/v1/health/service/"):])
-            entries = []
-            for (node, sid), svc in sorted(dc.services.items()):
-                if svc["Service"] != name:
-                    continue
-                checks = [dict(c) for (n, _), c in sorted(dc.checks.items())
-                          if n == node and c["ServiceID"] in ("", sid)]
-                if "passing" in params and any(c["Status"] != "passing" for c in checks):
-                    continue
-                if "tag" in params and params["tag"] not in svc["Tags"]:
-                    continue
-                entries.append({"Node": dict(dc.nodes[node]), "Service": dict(svc),
-                                "Checks": checks})
-            index = dc.service_index.get(name, dc.services_index)
-            return max(index, 1), entries
-        return None
+            return [dict(c) for _, c in sorted(dc.checks.items())]
+        name = unquote(path[len("/v1/health/service/"):])
+        entries = []
+        for (node, sid), svc in sorted((k, v) for k, v in dc.services.items()
+                                       if v["Service"] == name):
+            checks = [dict(c) for (n, _), c in sorted(
+                (k, c) for k, c in dc.checks.items()
+                if k[0] == node and c["ServiceID"] in ("", sid))]
+            if "passing" in params and any(c["Status"] != "passing" for c in checks):
+                continue
+            if "tag" in params and params["tag"] not in svc["Tags"]:
+                continue
+            entries.append({"Node": dict(dc.nodes[node]), "Service": dict(svc),
+                            "Checks": checks})
+        return entries
 
     def handle(self, method: str, raw_path: str,
                token: str | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -275,6 +305,8 @@ class ConsulDouble:
             if self._server is None:
                 return 0, {}, b""
             self.requests[path] += 1
+            if params.get("index", "0") not in ("", "0"):
+                self.requests_with_index[path] += 1
             self.request_log.append((time.monotonic(), path))
         if self.required_token is not None and token != self.required_token:
             return 403, {}, b"Permission denied"
@@ -301,17 +333,20 @@ class ConsulDouble:
                     return 0, {}, b""  # stopped: drop the connection
                 if not self.leader:
                     return 500, {}, b"No cluster leader"
-                result = self._read(path, self._dcs[dc_name], params)
-                if result is None:
+                dc = self._dcs[dc_name]
+                index = self._index(path, dc)
+                if index is None:
                     return 404, {}, b"not found"
-                index, body = result
                 left = deadline - time.monotonic()
                 if min_index <= 0 or index > min_index or left <= 0:
-                    status, headers, data = _json(200, body)
+                    status, headers, data = _json(200, self._body(path, dc, params))
                     headers["X-Consul-Index"] = str(index)
                     headers["X-Consul-KnownLeader"] = "true"
                     return status, headers, data
-                self._cond.wait(left)
+                key = (dc_name, path)
+                if key not in self._waits:
+                    self._waits[key] = (threading.Condition(self._lock), [index])
+                self._waits[key][0].wait(left)
 
 
 def _check(node: str, check_id: str, status: str, service_id: str, service_name: str,
@@ -325,6 +360,18 @@ def _check(node: str, check_id: str, status: str, service_id: str, service_name:
 
 def _json(status: int, body: Any) -> tuple[int, dict[str, str], bytes]:
     return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+
+class _Server(ThreadingHTTPServer):
+    # Consul (Go) listens with the kernel's full backlog; socketserver's 5
+    # would drop SYNs when a watcher opens hundreds of long-polls at once.
+    request_queue_size = 1024
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client (dnsd) that exits or drops its long-polls resets connections:
+        # that is normal, not worth socketserver's traceback on stderr.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

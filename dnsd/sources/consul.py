@@ -4,30 +4,61 @@ publishes every service instance (and node) it sees as one whole view.
 How the watch scales. Consul's HTTP API has no "what changed since index N"
 across services, so there are two classic shapes: one long-poll per service
 (consul-template, Prometheus; N open connections and N/wait idle requests) or a
-few catalog-wide long-polls. dnsd takes the second, per datacenter:
+few catalog-wide long-polls, which cannot say which service gained or lost an
+instance. dnsd combines them, per datacenter:
 
-- ``/v1/catalog/services`` (the service table: names and tag sets),
-- ``/v1/catalog/nodes`` (node names and addresses),
-- ``/v1/health/state/any`` (every check, with its node and service),
+- three catalog-wide long-polls, whatever the service count:
+  ``/v1/catalog/services`` (names and tag sets), ``/v1/catalog/nodes`` (node
+  addresses), ``/v1/health/state/any`` (every check, with its node and service);
+- one long-poll on ``/v1/health/service/<name>`` for each of at most
+  ``watch_limit`` services (256 by default). Consul moves that endpoint's index
+  on anything touching the service (its instances, their checks, their nodes),
+  so a watched service is followed exactly, whatever the change;
+- the other services (beyond the bound) are followed through the catalog-wide
+  diffs: added, removed or re-tagged services, services whose checks changed,
+  services on a node whose address or node-level check changed are re-read with
+  ``/v1/health/service/<name>``, ``fetch_concurrency`` (8) at a time. A catalog
+  index move that no diff explains (an instance added to or removed from a
+  service whose tag set stays the same, a port change) is in a watched service
+  (its own watch sees it) or in an unwatched one: the unwatched services are
+  then re-read (a "sweep", on its own pool of 8, so targeted reads never queue
+  behind it). A sweep starts 10 ms late, so the watches returning with the same
+  write publish first; it reads the likeliest services first (those last seen
+  changing, new ones), publishes each change as its read lands, and a new
+  sweep request restarts it rather than queueing behind it.
 
-three long-polls whatever the service count. When one returns with a new
-index, the diff against the previous answer names the services to re-read:
-added, removed or re-tagged services; services whose checks changed; services
-on a node whose address or node-level check changed. Those (and only those) are
-fetched with ``/v1/health/service/<name>``, at most ``fetch_concurrency`` at a
-time, in batches: a name is never fetched twice at once, and changes arriving
-during a batch go into the next one. Only a catalog index move that no diff
-explains (an instance added to a service with the same tags, a port change)
-re-reads every service of that datacenter, still ``fetch_concurrency`` at a
-time; several such moves during one sweep coalesce into one more sweep. Idle,
-the cost is 3 requests per datacenter per ``wait`` (5 minutes, Consul's default,
-each spread by a random tenth and by Consul's own wait/16 jitter) however many
-services there are.
+Which services are watched: at first those with the most instances (then by
+name); new services fill free slots; a service a sweep finds changed is
+promoted, displacing the watched service that changed least recently (its
+watch is stopped and it is re-read once, so no change falls between the two).
+Churning services thus end up watched, and a sweep is paid once per newly
+churning service. With 256 or
+fewer services everything is watched and no sweep ever happens: every change
+is seen by the one long-poll of the service it touches.
+
+Request rate. Every long-poll expires on its own slot of a ``wait``-long cycle
+(a random phase per watch; the first wait runs to the next slot, each later
+one to the next slot at least wait/2 away, plus Consul's own jitter of up to
+wait/16). Expiries therefore stay spread evenly however they were bunched
+(after a resync, or a node change that woke 200 watches at once): idle, each
+watch makes exactly one request per ``wait``. With ``wait`` = 5 minutes (Consul's default) that is
+(3 + min(N, 256)) / 300 s per datacenter: about 21 requests a minute for 100
+services, 52 for 256, and 52 for 1,000 or 10,000 services. A change costs one
+read of each service it touches; an unexplained catalog move costs N - 256
+reads when N > 256 (about N/8 round trips, in the background) and nothing
+otherwise. The trade-off of the bound: each watch is one open connection (and
+here one thread; Consul's servers hold a goroutine per blocking query), so 256
+keeps the idle rate under one request a second and the thread count modest,
+while services past it pay sweeps. Threads for the service watches are started
+on demand, up to twice the bound (a stopped watch's thread stays in its
+long-poll until it returns).
 
 Index rules follow Consul's documentation on blocking queries: a return is no
 promise of change (an unchanged index is ignored), an index that goes backwards
 resets to 0 (the next read is a full one), an index below 1 is treated as 1,
 and a watcher whose queries keep returning at once without progress slows down.
+A read of a service older (by its index) than what is already known is dropped,
+so a slow read never undoes a newer one.
 
 Outage: any failed request (refused, timed out, 5xx such as "No cluster leader",
 403, unparsable reply) ends that datacenter's session; the source reports
@@ -35,7 +66,8 @@ Outage: any failed request (refused, timed out, 5xx such as "No cluster leader",
 exponential backoff with jitter, and on success resyncs that datacenter fully
 before reporting ``UP``. Health: every instance is published with the worst of
 its checks (node and service); the answer side drops critical ones and, with
-``--only-passing``, warning ones.
+``--only-passing``, warning ones. Publishes triggered in the same loop
+iteration (many watches returning together) coalesce into one.
 
 python-consul2's synchronous client runs in daemon threads, one client (and so
 one ``requests`` session, which is not meant to be shared across threads) per
@@ -48,7 +80,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
 import queue
 import random
 import threading
@@ -71,7 +105,9 @@ T = TypeVar("T")
 
 DEFAULT_WAIT = 300.0        # seconds a blocking query may hang (Consul's default)
 FETCH_TIMEOUT = 10.0        # seconds for a non-blocking request
-FETCH_CONCURRENCY = 8       # service reads in flight per datacenter
+FETCH_CONCURRENCY = 8       # service reads in flight per datacenter (and as many for sweeps)
+SWEEP_DELAY = 0.01          # seconds a sweep waits for the watches to report first
+WATCH_LIMIT = 256           # services per datacenter followed by their own long-poll
 QUICK_RETURN = 1.0          # a blocking query back faster than this made no progress...
 QUICK_RETURN_PAUSE = 0.5    # ...so the next one waits this long first
 
@@ -123,6 +159,56 @@ def next_index(previous: int, returned: int) -> tuple[int, bool]:
     if returned < previous:
         return 0, True
     return returned, True
+
+
+def slot_wait(now: float, phase: float, wait: float, first: bool = False) -> float:
+    """Seconds a blocking query should wait to expire on this watch's next slot.
+
+    Slots are ``phase + k * wait``; the next one at least ``wait / 2`` away is
+    taken, so the result is in [wait/2, 3*wait/2) (a ``first`` query takes the
+    very next slot, so a new set of watches expires evenly from the start). A
+    watch that returns early (a change) or late (Consul's jitter) falls back
+    onto its own slot, so the expiries of many watches stay as spread as their
+    random phases.
+    """
+    if wait <= 0:
+        return 0.0
+    slots = math.ceil((now + (0.0 if first else wait / 2) - phase) / wait)
+    return max(phase + slots * wait - now, 0.0)
+
+
+Rank = Callable[[str], tuple[Any, ...]]
+
+
+def plan_watches(watched: Iterable[str], known: Iterable[str], limit: int, rank: Rank,
+                 promote: Iterable[str] = ()) -> tuple[set[str], set[str]]:
+    """(services to start watching, services to stop watching).
+
+    Watches of services no longer ``known`` stop. Each ``promote`` name (hottest
+    first by ``rank``, lowest sorts first) takes a free slot or displaces the
+    coldest watched service when that one ranks below it. Free slots left are
+    filled with the best-ranked unwatched services. At most ``limit`` watched.
+    """
+    known = set(known)
+    keep = set(watched) & known
+    stop = set(watched) - known
+    start: set[str] = set()
+    limit = max(0, limit)
+    for name in sorted(keep, key=rank)[limit:]:  # over the limit: the coldest go
+        keep.discard(name)
+        stop.add(name)
+    for name in sorted((set(promote) & known) - keep, key=rank):
+        if len(keep) + len(start) >= limit:
+            coldest = max(keep, key=rank, default=None)
+            if coldest is None or rank(coldest) <= rank(name):
+                break
+            keep.discard(coldest)
+            stop.add(coldest)
+        start.add(name)
+    free = limit - len(keep) - len(start)
+    if free > 0:
+        start.update(heapq.nsmallest(free, known - keep - start, key=rank))
+    return start, stop
 
 
 # --- mapping Consul's JSON to model values -------------------------------------
@@ -189,27 +275,56 @@ class ClientThreads:
     """Daemon threads, each owning one python-consul2 client, fed by one queue.
 
     Daemon, because a thread blocked in a long-poll cannot be interrupted and
-    must not hold up process exit. ``call`` bounds concurrency to ``size``.
+    must not hold up process exit. ``size`` threads start at once; more are
+    started when a job finds no idle thread, up to ``limit``, which bounds
+    concurrency. Each client is built by its own thread, which alone uses it.
     """
 
-    def __init__(self, clients: list[Client], name: str) -> None:
+    def __init__(self, factory: Callable[[], Client], name: str, size: int,
+                 limit: int | None = None) -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._size = len(clients)
+        self._factory = factory
+        self._name = name
+        self._limit = max(size, limit if limit is not None else size)
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0     # threads waiting for a job...
+        self._queued = 0   # ...and jobs waiting for a thread
         self._closed = False
-        for number, client in enumerate(clients):
-            threading.Thread(target=self._work, args=(client,), daemon=True,
-                             name=f"{name}-{number}").start()
+        with self._lock:
+            for _ in range(size):
+                self._spawn()
 
-    def _work(self, client: Client) -> None:
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    def _spawn(self) -> None:  # with self._lock held
+        self._threads += 1
+        self._idle += 1
+        threading.Thread(target=self._work, daemon=True,
+                         name=f"{self._name}-{self._threads}").start()
+
+    def _work(self) -> None:
+        client = self._factory()
         while True:
             job = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+                self._queued -= job is not None
             if job is None or self._closed:  # closed: drop queued work, nobody awaits it
                 return
             fn, loop, future = job
+            if future.done():  # cancelled while queued (a sweep restarted): skip it
+                with self._lock:
+                    self._idle += 1
+                continue
             try:
                 result, error = fn(client), None
             except BaseException as exc:
                 result, error = None, exc
+            with self._lock:
+                self._idle += 1
             # A closed loop (RuntimeError) means nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, future, result, error)
@@ -217,13 +332,17 @@ class ClientThreads:
     async def call(self, fn: Callable[[Client], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            self._queued += 1
+            if self._queued > self._idle and self._threads < self._limit:
+                self._spawn()
         self._jobs.put((fn, loop, future))
         return await future
 
     def close(self) -> None:
         """Let the threads exit once their current request returns."""
         self._closed = True
-        for _ in range(self._size):
+        for _ in range(self._threads):
             self._jobs.put(None)
 
 
@@ -264,7 +383,28 @@ class DcState:
     nodes: dict[str, str] = field(default_factory=dict)
     checks: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
     instances: dict[str, tuple[Instance, ...]] = field(default_factory=dict)
+    indexes: dict[str, int] = field(default_factory=dict)  # per service, of the read kept
+    changed_at: dict[str, int] = field(default_factory=dict)  # per service: sweep that saw it
+    sweeps: int = 0
     synced: bool = False
+
+    def store(self, name: str, index: int, group: tuple[Instance, ...],
+              force: bool = False) -> bool:
+        """Keep a read of one service unless a newer one is known; True if it changed."""
+        if not force and index < self.indexes.get(name, 0):
+            return False  # a slow read overtaken by a newer one
+        self.indexes[name] = index
+        before = self.instances.get(name, ())
+        if group:
+            self.instances[name] = group
+        else:
+            self.instances.pop(name, None)
+        return before != group
+
+    def rank(self, name: str) -> tuple[int, int, str]:
+        """Watch priority (lowest first): most recently swept-and-changed, then
+        most instances, then by name."""
+        return (-self.changed_at.get(name, 0), -len(self.instances.get(name, ())), name)
 
     def services_on(self, node_names: Iterable[str]) -> set[str]:
         wanted = set(node_names)
@@ -323,11 +463,26 @@ def parse_checks(data: object) -> dict[tuple[str, str], tuple[str, str, str]]:
             for c in data if isinstance(c, Mapping)}
 
 
+@dataclass
+class Pools:
+    """The thread pools of one datacenter session."""
+
+    catalog: ClientThreads   # the three catalog-wide long-polls
+    services: ClientThreads  # per-service long-polls, grown on demand
+    fetch: ClientThreads     # resync and targeted reads
+    sweep: ClientThreads     # re-reads of every unwatched service
+
+    def close(self) -> None:
+        for pool in (self.catalog, self.services, self.fetch, self.sweep):
+            pool.close()
+
+
 class ConsulSource:
     """Watches one Consul agent (and, through it, remote datacenters)."""
 
     def __init__(self, config: Config, *, wait: float = DEFAULT_WAIT,
                  fetch_concurrency: int = FETCH_CONCURRENCY,
+                 watch_limit: int = WATCH_LIMIT,
                  backoff_base: float = 0.25, backoff_cap: float = 30.0,
                  rng: random.Random | None = None) -> None:
         if config.consul is None:
@@ -342,6 +497,7 @@ class ConsulSource:
         self._token = config.consul_token or None
         self.wait = wait
         self.fetch_concurrency = max(1, fetch_concurrency)
+        self.watch_limit = max(0, watch_limit)
         self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
         self._rng = rng or random.Random()
         self._sink: Sink | None = None
@@ -350,8 +506,10 @@ class ConsulSource:
         self._reported: tuple[SourceState, frozenset[str]] = (SourceState.SYNCING, frozenset())
         self._warned: set[tuple[str, str]] = set()
         self._agent_dc: str | None = None
+        self._publish_due = False
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "resyncs": 0,
-                                         "publishes": 0}
+                                         "publishes": 0, "sweeps": 0,
+                                         "swept_changes": 0}
 
     @property
     def name(self) -> str:
@@ -375,9 +533,9 @@ class ConsulSource:
         client.dc = None
         return client
 
-    def _threads(self, size: int, timeout: float, label: str) -> ClientThreads:
-        # Built here, on the loop thread; each is then used by its one thread only.
-        return ClientThreads([self._client(timeout) for _ in range(size)], f"consul-{label}")
+    def _threads(self, size: int, timeout: float, label: str,
+                 limit: int | None = None) -> ClientThreads:
+        return ClientThreads(lambda: self._client(timeout), f"consul-{label}", size, limit)
 
     async def _call(self, threads: ClientThreads, fn: Callable[[Client], T]) -> T:
         self.counters["requests"] += 1
@@ -437,10 +595,15 @@ class ConsulSource:
 
     async def _session(self, slot: str, backoff: Backoff) -> None:
         """Resync one datacenter fully, then follow it until a request fails."""
-        watchers = self._threads(3, self.wait * 17 / 16 + FETCH_TIMEOUT, "watch")
-        fetchers = self._threads(self.fetch_concurrency, FETCH_TIMEOUT, "fetch")
+        # A long-poll may wait up to 1.5 wait (slot_wait), plus Consul's wait/16.
+        poll_timeout = self.wait * 1.5 * 17 / 16 + FETCH_TIMEOUT
+        pools = Pools(
+            catalog=self._threads(3, poll_timeout, "watch"),
+            services=self._threads(0, poll_timeout, "service", 2 * self.watch_limit),
+            fetch=self._threads(self.fetch_concurrency, FETCH_TIMEOUT, "fetch"),
+            sweep=self._threads(0, FETCH_TIMEOUT, "sweep", self.fetch_concurrency))
         try:
-            state = await self._resync(slot, fetchers)
+            state = await self._resync(slot, pools.fetch)
             recovered = slot in self._errors
             self._errors.pop(slot, None)
             backoff.reset()
@@ -449,10 +612,9 @@ class ConsulSource:
                 log.info("consul %s (%s): back; resynced %d services", self.url,
                          self._label(slot), len(state.instances))
             self._report()
-            await self._follow(state, watchers, fetchers)
+            await self._follow(state, pools)
         finally:
-            watchers.close()
-            fetchers.close()
+            pools.close()
 
     async def _resync(self, slot: str, fetchers: ClientThreads) -> DcState:
         self.counters["resyncs"] += 1
@@ -475,7 +637,8 @@ class ConsulSource:
         fresh.nodes = parse_nodes(nodes_raw[1])
         fresh.checks_index = parse_index(checks_raw[0])
         fresh.checks = parse_checks(checks_raw[1])
-        fresh.instances = await self._fetch(fresh, set(fresh.tags), fetchers)
+        for name, (index, group) in (await self._fetch(fresh, set(fresh.tags), fetchers)).items():
+            fresh.store(name, index, group)
         fresh.synced = True
         # Swap in the new state only once it is complete: until then the last
         # view keeps serving (the resync may fail half way).
@@ -483,8 +646,9 @@ class ConsulSource:
         return fresh
 
     async def _fetch(self, state: DcState, names: set[str], fetchers: ClientThreads
-                     ) -> dict[str, tuple[Instance, ...]]:
-        """Read ``/v1/health/service/<name>`` for each name, bounded by the pool size."""
+                     ) -> dict[str, tuple[int, tuple[Instance, ...]]]:
+        """Read ``/v1/health/service/<name>`` for each name, bounded by the pool size:
+        name -> (the service's index, its instances)."""
         dc_param = state.slot or None
         ordered = sorted(names)
 
@@ -492,12 +656,21 @@ class ConsulSource:
             return lambda c: c.health.service(name, dc=dc_param)
 
         replies = await asyncio.gather(*(self._call(fetchers, read(n)) for n in ordered))
-        result: dict[str, tuple[Instance, ...]] = {}
-        for name, (_, entries) in zip(ordered, replies, strict=True):
-            group = self._instances(state.name, name, entries or [])
-            if group:
-                result[name] = group
-        return result
+        return {name: (parse_index(raw), self._instances(state.name, name, entries or []))
+                for name, (raw, entries) in zip(ordered, replies, strict=True)}
+
+    async def _fetch_each(self, state: DcState, ordered: list[str], fetchers: ClientThreads,
+                          found: Callable[[str, int, tuple[Instance, ...]], None]) -> None:
+        """Read each service in order (bounded by the pool), calling ``found`` as
+        each reply lands rather than once all have."""
+        dc_param = state.slot or None
+
+        async def read(name: str) -> None:
+            raw, entries = await self._call(
+                fetchers, lambda c: c.health.service(name, dc=dc_param))
+            found(name, parse_index(raw), self._instances(state.name, name, entries or []))
+
+        await asyncio.gather(*(read(n) for n in ordered))
 
     def _instances(self, dc: str, name: str, entries: object) -> tuple[Instance, ...]:
         if not isinstance(entries, list):
@@ -516,96 +689,189 @@ class ConsulSource:
 
     # --- following changes --------------------------------------------------------
 
-    async def _follow(self, state: DcState, watchers: ClientThreads,
-                      fetchers: ClientThreads) -> None:
+    async def _follow(self, state: DcState, pools: Pools) -> None:
         pending: set[str] = set()
         wake = asyncio.Event()
-        sweep = False
+        sweep_wake = asyncio.Event()
+        watched: dict[str, asyncio.Task[None]] = {}
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         dc_param = state.slot or None
 
-        def want(names: Iterable[str], everything: bool = False) -> None:
-            nonlocal sweep
+        def want(names: Iterable[str]) -> None:
             pending.update(names)
-            sweep = sweep or everything
-            wake.set()
+            if pending:
+                wake.set()
 
-        def on_services(data: object) -> None:
+        def reconcile(promote: Iterable[str] = ()) -> set[str]:
+            """Start and stop service watches; returns the stopped ones still known."""
+            start, stop = plan_watches(watched, state.tags, self.watch_limit, state.rank,
+                                       promote)
+            for name in stop:
+                watched.pop(name).cancel()
+            for name in start:
+                task = asyncio.create_task(watch_service(name))
+                task.add_done_callback(on_watch_done)
+                watched[name] = task
+            # A stopped watch may have missed a change already made: read it once.
+            return stop & set(state.tags)
+
+        def on_watch_done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None and not failed.done():
+                failed.set_exception(task.exception())  # type: ignore[arg-type]
+
+        def forget_indexes(reset: bool) -> None:
+            # The catalog went backwards (a snapshot restore): per-service indexes
+            # known so far say nothing about the new history.
+            if reset:
+                state.indexes.clear()
+
+        def on_services(index: int, data: object, reset: bool) -> None:
+            forget_indexes(reset)
             new = parse_service_list(data)
             changed = diff_services(state.tags, new)
+            appeared = new.keys() - state.tags.keys()
             state.tags = new
-            # No visible diff: an instance came, went or changed inside a service
-            # whose tag set stayed the same. Only a full read can say which.
-            want(changed or (), everything=changed is None)
+            if appeared:
+                # A new service is the likeliest to gain instances next (a
+                # deployment scaling up): swept first, and first to fill a slot.
+                state.sweeps += 1
+                for name in appeared:
+                    state.changed_at[name] = state.sweeps
+            want((changed or set()) | reconcile())
+            if changed is None:
+                # No visible diff: an instance came, went or changed inside a
+                # service whose tag set stayed the same. A watched service's own
+                # long-poll sees it; the unwatched ones must be re-read.
+                sweep_wake.set()
 
-        def on_nodes(data: object) -> None:
+        def on_nodes(index: int, data: object, reset: bool) -> None:
+            forget_indexes(reset)
             new = parse_nodes(data)
             moved = {n for n in state.nodes.keys() | new.keys()
                      if state.nodes.get(n) != new.get(n)}
             state.nodes = new
             want(state.services_on(moved))
+            if moved:
+                self._publish_soon()  # the nodes themselves are published too
 
-        def on_checks(data: object) -> None:
+        def on_checks(index: int, data: object, reset: bool) -> None:
+            forget_indexes(reset)
             new = parse_checks(data)
             services, nodes = diff_checks(state.checks, new)
             state.checks = new
             want(services | state.services_on(nodes))
 
+        async def watch_service(name: str) -> None:
+            def on_service(index: int, data: object, reset: bool) -> None:
+                group = self._instances(state.name, name, data or [])
+                if state.store(name, index, group, force=reset):
+                    self._publish_soon()
+
+            await self._watch(
+                pools.services,
+                lambda c, i, w: c.health.service(name, index=i, wait=w, dc=dc_param),
+                state.indexes.get(name, 0), on_service)
+
         async def refresher() -> None:
-            nonlocal sweep
+            """Re-read the services the diffs named (watched ones follow themselves)."""
             while True:
                 await wake.wait()
                 wake.clear()
-                names = set(state.tags) | set(state.instances) if sweep else set(pending)
+                names = pending - watched.keys()
                 pending.clear()
-                sweep = False
-                fetched = await self._fetch(state, names, fetchers)
-                for name in names:
-                    group = fetched.get(name)
-                    if group:
-                        state.instances[name] = group
-                    else:
-                        state.instances.pop(name, None)
-                self._publish()
+                if not names:
+                    continue
+                fetched = await self._fetch(state, names, pools.fetch)
+                if any([state.store(n, i, g) for n, (i, g) in fetched.items()]):
+                    self._publish_soon()
 
+        sweeping: list[asyncio.Task[None]] = []  # the sweep under way, if any
+
+        async def sweep() -> None:
+            names = (set(state.tags) | set(state.instances)) - watched.keys()
+            if not names:
+                return
+            self.counters["sweeps"] += 1
+            state.sweeps += 1
+
+            def found(name: str, index: int, group: tuple[Instance, ...]) -> None:
+                if state.store(name, index, group):
+                    self.counters["swept_changes"] += 1
+                    state.changed_at[name] = state.sweeps
+                    # What changed unannounced is likely to again: watch it.
+                    want(reconcile(promote=[name]))
+                    self._publish_soon()
+
+            await self._fetch_each(state, sorted(names, key=state.rank), pools.sweep, found)
+
+        async def sweeper() -> None:
+            """Re-read every unwatched service after a catalog move no diff explained,
+            hottest first, publishing (and promoting) each change as its read lands.
+            A new request restarts a sweep under way (its unread services are read
+            by the new one, in the new order): a newly changed service never waits
+            behind a whole sweep."""
+            while True:
+                await sweep_wake.wait()
+                # Let the watched services' own long-polls, which return with the
+                # same write, publish first: the sweep's reads would delay them.
+                await asyncio.sleep(SWEEP_DELAY)
+                sweep_wake.clear()
+                for task in sweeping:
+                    task.cancel()
+                await asyncio.gather(*sweeping, return_exceptions=True)
+                sweeping[:] = [asyncio.create_task(sweep())]
+                sweeping[0].add_done_callback(on_watch_done)
+
+        reconcile()
         tasks = [
             asyncio.create_task(self._watch(
-                watchers, lambda c, i, w: c.catalog.services(index=i, wait=w, dc=dc_param),
+                pools.catalog,
+                lambda c, i, w: c.catalog.services(index=i, wait=w, dc=dc_param),
                 state.services_index, on_services)),
             asyncio.create_task(self._watch(
-                watchers, lambda c, i, w: c.catalog.nodes(index=i, wait=w, dc=dc_param),
+                pools.catalog, lambda c, i, w: c.catalog.nodes(index=i, wait=w, dc=dc_param),
                 state.nodes_index, on_nodes)),
             asyncio.create_task(self._watch(
-                watchers, lambda c, i, w: c.health.state("any", index=i, wait=w, dc=dc_param),
+                pools.catalog,
+                lambda c, i, w: c.health.state("any", index=i, wait=w, dc=dc_param),
                 state.checks_index, on_checks)),
             asyncio.create_task(refresher()),
+            asyncio.create_task(sweeper()),
         ]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait([*tasks, failed], return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()  # raises the failure that ended the session
         finally:
-            for task in tasks:
+            every = [*tasks, *watched.values(), *sweeping]
+            for task in every:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if failed.done():
+                failed.exception()  # retrieved: a second failure is not worth a log line
+            failed.cancel()
+            await asyncio.gather(*every, return_exceptions=True)
 
-    async def _watch(self, watchers: ClientThreads,
+    async def _watch(self, threads: ClientThreads,
                      query: Callable[[Client, int | None, str], tuple[object, object]],
-                     index: int, apply: Callable[[object], None]) -> None:
-        """Follow one endpoint with blocking queries, calling ``apply`` on change."""
+                     index: int, apply: Callable[[int, object, bool], None]) -> None:
+        """Follow one endpoint with blocking queries, calling
+        ``apply(index, data, reset)`` on change (``reset``: the index went backwards)."""
         loop = asyncio.get_running_loop()
+        phase = self._rng.uniform(0, self.wait)  # this watch's slot in the wait cycle
+        first = True
         while True:
-            # Spread the expiries of many watchers (and dnsd processes) apart.
-            wait_ms = int(self.wait * 1000 * self._rng.uniform(0.9, 1.0))
+            wait_ms = max(1, int(slot_wait(loop.time(), phase, self.wait, first) * 1000))
+            first = False
             started = loop.time()
 
             def poll(c: Client, i: int = index, w: str = f"{wait_ms}ms") -> tuple[object, object]:
                 return query(c, i or None, w)
 
-            raw, data = await self._call(watchers, poll)
+            raw, data = await self._call(threads, poll)
             returned = parse_index(raw)
             index, changed = next_index(index, returned)
             if changed:
-                apply(data)
+                apply(returned, data, index == 0)
                 if index:  # moved forward: follow at once
                     continue
             if loop.time() - started < min(QUICK_RETURN, self.wait / 2):
@@ -615,8 +881,16 @@ class ConsulSource:
 
     # --- publishing ---------------------------------------------------------------
 
+    def _publish_soon(self) -> None:
+        """Publish once the loop has run what is ready: watches that return
+        together make one new view, not one each."""
+        if not self._publish_due:
+            self._publish_due = True
+            asyncio.get_running_loop().call_soon(self._publish)
+
     def _publish(self) -> None:
         assert self._sink is not None
+        self._publish_due = False
         instances: list[Instance] = []
         nodes: list[Node] = []
         for dc in self._dcs.values():

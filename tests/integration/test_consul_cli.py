@@ -91,3 +91,36 @@ def test_propagation_latency_through_the_cli(double: ConsulDouble) -> None:
         print(f"consul propagation over {len(lags)} changes: median "
               f"{statistics.median(lags) * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms")
         assert statistics.median(lags) < 0.5
+
+
+def test_same_tags_instance_add_and_remove_latency_with_300_services() -> None:
+    """The case no catalog diff explains: an instance added to or removed from a
+    service whose tag set stays the same, with no check of its own. 300
+    services is past the 256 watched individually, so both paths are timed: s1
+    is watched from the start; s99 is not, until a sweep finds it changed."""
+    with ConsulDouble() as double:
+        for n in range(300):
+            double.register(f"s{n}", f"s{n}-1", node="node1", node_address="10.0.0.1", port=80)
+        with DnsdProcess(["--consul", double.url]) as proc:
+            _until(lambda: proc.query("s299.service.consul", "A").rcode() == dns.rcode.NOERROR,
+                   timeout=15)
+            time.sleep(0.5)  # let the long-polls settle in
+            polled = double.requests_with_index
+            assert polled["/v1/health/service/s1"] and not polled["/v1/health/service/s99"]
+            lags: dict[str, list[float]] = {"add": [], "remove": []}
+            for k in range(24):
+                service = "s1" if k % 2 == 0 else "s99"
+                address = f"10.1.{k // 200}.{k % 200 + 1}"
+                double.register(service, f"{service}-x{k}", node=f"n{k}", node_address=address,
+                                port=80)
+                lags["add"].append(_until(
+                    lambda s=service, a=address: a in _addresses(proc, f"{s}.service.consul")))
+                double.deregister(f"{service}-x{k}", node=f"n{k}")
+                lags["remove"].append(_until(
+                    lambda s=service, a=address: a not in _addresses(proc, f"{s}.service.consul")))
+            assert polled["/v1/health/service/s99"]  # promoted to a watch of its own
+    for kind, values in lags.items():
+        values.sort()
+        print(f"same-tags instance {kind} over 300 services: median "
+              f"{statistics.median(values) * 1000:.1f} ms, max {values[-1] * 1000:.1f} ms")
+        assert statistics.median(values) < 0.1, (kind, values)

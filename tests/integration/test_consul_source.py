@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -134,7 +135,9 @@ async def test_node_address_change(double: ConsulDouble, running: Running) -> No
     _, sink = running
     double.add_node("node1", "10.0.0.99")
     await until(lambda: sink.instances("web")[0].effective_address == "10.0.0.99")
-    assert ("node1", "10.0.0.99") in {(n.name, n.address) for n in sink.view.nodes}
+    # the node list comes from its own long-poll: it may land a moment later
+    await until(lambda: sink.view is not None and ("node1", "10.0.0.99") in {
+        (n.name, n.address) for n in sink.view.nodes})
 
 
 async def test_remote_datacenter(double: ConsulDouble, running: Running) -> None:
@@ -219,21 +222,90 @@ async def test_wrong_token_is_stale_with_reason(double: ConsulDouble) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_idle_request_rate_does_not_grow_with_services(double: ConsulDouble) -> None:
-    for n in range(200):
+@pytest.mark.parametrize("services", [40, 400])
+async def test_idle_request_rate_is_bounded_by_the_watch_limit(double: ConsulDouble,
+                                                                services: int) -> None:
+    for n in range(services):
         double.register(f"svc{n}", f"svc{n}-1", node="node1", port=1000 + n)
-    source = ConsulSource(Config(consul=double.url), wait=1.0)
+    source = ConsulSource(Config(consul=double.url), wait=1.0, watch_limit=16)
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
         await until(lambda: sink.state is SourceState.UP)
-        await asyncio.sleep(0.3)
-        before = double.request_count
+        await asyncio.sleep(0.5)
+        mark = len(double.request_log)
         await asyncio.sleep(3.0)
-        idle = double.request_count - before
-        # 3 long-polls, each back after 0.9-1.06 s: about 9-10 requests in 3 s,
-        # whatever the number of services (202 here).
-        assert 6 <= idle <= 15, idle
+        window = double.request_log[mark:]
+        # 3 catalog long-polls + 16 service long-polls, each expiring once per
+        # wait on its own slot: about 19 * 3 = 57 requests in 3 s, whether there
+        # are 40 services or 400 (the same bound would hold for 10,000).
+        assert 40 <= len(window) <= 75, len(window)
+        polled = {path for _, path in window if path.startswith("/v1/health/service/")}
+        assert len(polled) == 16
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_same_tags_instance_changes_in_watched_services_need_no_sweep(
+        double: ConsulDouble, running: Running) -> None:
+    source, sink = running
+    double.register("web", "web-2", node="node3", node_address="10.0.0.3", port=80,
+                    tags=("v1", "http"))  # the same tag set, no check: no diff explains it
+    await until(lambda: len(sink.instances("web")) == 2)
+    double.deregister("web-2", node="node3")
+    await until(lambda: len(sink.instances("web")) == 1)
+    assert source.counters["sweeps"] == 0  # web's own long-poll saw both
+
+
+async def test_services_beyond_the_watch_limit_are_swept_then_promoted(
+        double: ConsulDouble) -> None:
+    for n in range(6):
+        double.register(f"svc{n}", f"svc{n}-1", node="node1", port=1000 + n)
+    double.register("busy", "busy-1", node="node1", port=80)
+    double.register("busy", "busy-2", node="node2", port=80)
+    # Watched first: the services with most instances (busy, then db, svc0, svc1...
+    # by name with one instance each); with a limit of 2, svc5 is not watched.
+    async with _started(double, watch_limit=2) as (source, sink):
+        double.register("svc5", "svc5-2", node="node2", port=2000)  # same tags: unexplained
+        await until(lambda: len(sink.instances("svc5")) == 2)
+        assert source.counters["swept_changes"] == 1  # a sweep of the unwatched found it
+        # Promoted: svc5 now has its own long-poll, which sees the next change
+        # (the unwatched rest is still swept, and finds nothing).
+        await until(lambda: _polled_with_index(double, "svc5"))
+        double.deregister("svc5-2", node="node2")
+        await until(lambda: len(sink.instances("svc5")) == 1)
+        assert source.counters["swept_changes"] == 1
+        # db, the coldest watched service, made room; it is still followed, by sweeps.
+        assert not _polled_with_index(double, "web")
+        double.register("db", "db-3", node="node3", node_address="10.0.0.3", port=5432)
+        await until(lambda: len(sink.instances("db")) == 2)
+        assert source.counters["swept_changes"] == 2
+
+
+async def test_no_watches_at_all_still_follows_everything(double: ConsulDouble) -> None:
+    async with _started(double, watch_limit=0) as (_, sink):
+        double.register("web", "web-2", node="node3", node_address="10.0.0.3", port=80,
+                        tags=("v1", "http"))
+        await until(lambda: len(sink.instances("web")) == 2)
+        double.set_check("web-1", "critical", node="node1")
+        await until(lambda: sink.instances("web")[0].health is Health.CRITICAL)
+        assert not _polled_with_index(double, "web")
+
+
+def _polled_with_index(double: ConsulDouble, service: str) -> bool:
+    return double.requests_with_index.get(f"/v1/health/service/{service}", 0) > 0
+
+
+@asynccontextmanager
+async def _started(double: ConsulDouble, **options: int) -> AsyncIterator[Running]:
+    source = ConsulSource(Config(consul=double.url), wait=2.0, backoff_base=0.05,
+                          backoff_cap=0.3, **options)
+    sink = RecordingSink()
+    task = asyncio.create_task(source.run(sink))
+    try:
+        await until(lambda: sink.state is SourceState.UP)
+        yield source, sink
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -18,6 +18,8 @@ from dnsd.sources.consul import (
     parse_index,
     parse_nodes,
     parse_service_list,
+    plan_watches,
+    slot_wait,
 )
 
 
@@ -148,3 +150,46 @@ def test_parsers_reject_wrong_shapes() -> None:
         "web": frozenset({"a"}), "db": frozenset()}
     assert parse_nodes([{"Node": "n1", "Address": "10.0.0.1"}, {"Node": ""}, 7]) == {
         "n1": "10.0.0.1"}
+
+
+def test_slot_wait_lands_on_the_watch_s_own_slot() -> None:
+    # Slots at 3, 13, 23...: later waits take the next slot at least 5 s away.
+    assert slot_wait(now=4.0, phase=3.0, wait=10.0) == pytest.approx(9.0)    # -> 13
+    assert slot_wait(now=9.0, phase=3.0, wait=10.0) == pytest.approx(14.0)   # 14 s: not 4
+    assert slot_wait(now=13.5, phase=3.0, wait=10.0) == pytest.approx(9.5)   # late by jitter
+    assert slot_wait(now=9.0, phase=3.0, wait=10.0, first=True) == pytest.approx(4.0)
+    assert slot_wait(now=1.0, phase=0.0, wait=0.0) == 0.0
+
+
+def test_slot_wait_keeps_many_watches_spread_after_a_storm() -> None:
+    rng = random.Random(3)
+    phases = [rng.uniform(0, 300) for _ in range(256)]
+    # Every watch returned at t=1000 (one change woke them all): the next
+    # expiries still fall one per phase, spread over a whole wait.
+    expiries = sorted(1000 + slot_wait(1000.0, p, 300.0) for p in phases)
+    assert expiries[-1] - expiries[0] > 280
+    per_minute = [sum(1 for t in expiries if s <= t < s + 60) for s in range(1150, 1450, 60)]
+    assert max(per_minute) <= 2 * 256 / 5
+
+
+def _rank(order: str) -> object:
+    return lambda name: (order.index(name), name)
+
+
+def test_plan_watches_fills_by_rank_and_drops_the_unknown() -> None:
+    start, stop = plan_watches(set(), "abcdef", 3, _rank("fedcba"))  # type: ignore[arg-type]
+    assert (start, stop) == ({"f", "e", "d"}, set())
+    start, stop = plan_watches({"f", "e", "x"}, "abcdef", 3, _rank("fedcba"))  # type: ignore[arg-type]
+    assert (start, stop) == ({"d"}, {"x"})
+    assert plan_watches({"a"}, "abc", 0, _rank("abc")) == (set(), {"a"})  # type: ignore[arg-type]
+
+
+def test_plan_watches_promotion_displaces_the_coldest() -> None:
+    rank = _rank("cabd")  # c hottest ... d coldest
+    start, stop = plan_watches({"a", "d"}, "abcd", 2, rank, promote=["c"])  # type: ignore[arg-type]
+    assert (start, stop) == ({"c"}, {"d"})
+    # A promotion colder than everything watched displaces nothing.
+    start, stop = plan_watches({"c", "a"}, "abcd", 2, rank, promote=["d"])  # type: ignore[arg-type]
+    assert (start, stop) == (set(), set())
+    # Already watched: nothing to do.
+    assert plan_watches({"c", "a"}, "abcd", 2, rank, promote=["c"]) == (set(), set())  # type: ignore[arg-type]
