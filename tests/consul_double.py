@@ -416,3 +416,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def register_web(double: ConsulDouble) -> None:
+    """The two ``web`` instances the end-to-end tests start from: one on its
+    node's address (10.0.0.1, tag v1), one with its own (10.5.0.2, tag v2)."""
+    double.register("web", "web-1", node="node1", node_address="10.0.0.1", port=80,
+                    tags=("v1",), status="passing")
+    double.register("web", "web-2", node="node2", node_address="10.0.0.2", address="10.5.0.2",
+                    port=81, tags=("v2",), status="passing")

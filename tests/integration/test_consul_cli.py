@@ -11,17 +11,14 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from tests.consul_double import ConsulDouble
+from tests.consul_double import ConsulDouble, register_web
 from tests.dnsd_process import DnsdProcess
 
 
 @pytest.fixture
 def double() -> Iterator[ConsulDouble]:
     with ConsulDouble() as d:
-        d.register("web", "web-1", node="node1", node_address="10.0.0.1", port=80,
-                   tags=("v1",), status="passing")
-        d.register("web", "web-2", node="node2", node_address="10.0.0.2", address="10.5.0.2",
-                   port=81, tags=("v2",), status="passing")
+        register_web(d)
         yield d
 
 

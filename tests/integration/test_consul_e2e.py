@@ -25,7 +25,7 @@ from dnsd.config import load_config
 from dnsd.sources.base import Source
 from dnsd.sources.consul import ConsulSource
 from dnsd.state import load_views
-from tests.consul_double import ConsulDouble
+from tests.consul_double import ConsulDouble, register_web
 
 
 class ConsulApp(App):
@@ -92,10 +92,7 @@ def answers_are(app: App, name: str, expected: set[str],
 @pytest.fixture
 def double() -> Iterator[ConsulDouble]:
     with ConsulDouble() as d:
-        d.register("web", "web-1", node="node1", node_address="10.0.0.1", port=80,
-                   tags=("v1",), status="passing")
-        d.register("web", "web-2", node="node2", node_address="10.0.0.2", address="10.5.0.2",
-                   port=81, tags=("v2",), status="passing")
+        register_web(d)
         yield d
 
 
