@@ -124,10 +124,9 @@ class App:
         if status.state is state and status.reason == reason:
             return
         status.state, status.reason = state, reason
-        if state is SourceState.STALE:
-            log.warning("source %s is stale (serving its last view): %s", source, reason)
-        else:
-            log.info("source %s is %s%s", source, state.value, f": {reason}" if reason else "")
+        # Each source logs its own state changes, with the detail it knows;
+        # a second line here would say the same thing twice.
+        log.debug("source %s is %s%s", source, state.value, f": {reason}" if reason else "")
 
     def _swapped(self, snapshot: Snapshot) -> None:
         log.info("table version %d: %d services, %d instances, %d nodes",

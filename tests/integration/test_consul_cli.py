@@ -50,7 +50,7 @@ def test_consul_registrations_through_the_cli(double: ConsulDouble, tmp_path: Pa
         _until(lambda: _addresses(proc, "web.service.consul") == {"10.5.0.2"})
 
         double.stop()  # the registry goes away: answers go on
-        proc.wait_for_log("stale", timeout=10)
+        proc.wait_for_log("serving the last table", timeout=10)
         assert _addresses(proc, "web.service.consul") == {"10.5.0.2"}
         assert _addresses(proc, "api.service.consul") == {"10.0.0.1"}
         deadline = time.monotonic() + 5
