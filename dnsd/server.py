@@ -112,7 +112,6 @@ class TcpProtocol(asyncio.Protocol):
         if len(self.buffer) > 65537 + self.limits.max_buffered:
             self.transport.abort()  # type: ignore[union-attr]
             return
-        self._arm_idle()
         self._process()
 
     def _process(self) -> None:
@@ -123,6 +122,9 @@ class TcpProtocol(asyncio.Protocol):
                 break
             message = bytes(buf[2:2 + size])
             del buf[:2 + size]
+            # Only a whole query counts as activity: a client trickling bytes
+            # (slowloris) is closed after the idle timeout like a silent one.
+            self._arm_idle()
             reply = self.handle(message, self.client, True)
             if reply is None:
                 continue

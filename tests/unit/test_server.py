@@ -188,3 +188,27 @@ async def test_udp_sends_async_replies_later() -> None:
         await tasks.drain(1)
         endpoint.close()
         client.close()
+
+
+async def test_tcp_trickling_bytes_do_not_keep_a_connection_open() -> None:
+    """Slowloris: a byte at a time is not activity; only whole queries are."""
+    proto = TcpProtocol(echo, Tasks(), TcpLimits(idle_timeout=0.1))
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    query = struct.pack("!H", 40) + b"q" * 40
+    for byte in query[:10]:
+        proto.data_received(bytes([byte]))
+        await asyncio.sleep(0.03)
+    assert transport.closed
+    proto.connection_lost(None)
+
+
+async def test_tcp_whole_queries_keep_a_connection_open() -> None:
+    proto = TcpProtocol(echo, Tasks(), TcpLimits(idle_timeout=0.1))
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    for _ in range(6):
+        proto.data_received(struct.pack("!H", 1) + b"q")
+        await asyncio.sleep(0.04)
+    assert not transport.closed and len(frames(b"".join(transport.written))) == 6
+    proto.connection_lost(None)
