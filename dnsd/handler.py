@@ -139,6 +139,7 @@ class Handler:
         self._replies: tuple[dict[bytes, CachedReply], dict[bytes, CachedReply]] = ({}, {})
         self._forwarded: tuple[dict[bytes, ForwardedReply], dict[bytes, ForwardedReply]] = (
             {}, {})
+        self._seen: set[bytes] = set()  # query bytes answered once, by the slow path
 
     def flush_stats(self) -> None:
         """Fold the hot path's per-reply hit counts into ``stats`` (before a read)."""
@@ -257,7 +258,14 @@ class Handler:
                 return self._chase(self.forwarder, query, answer, limit, ra)
             cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
             turns = len(answer.answers)
-            if turns > MAX_ROTATIONS:
+            key = query.wire[2:]
+            if turns > MAX_ROTATIONS or key not in self._seen:
+                # Render every rotation only for bytes seen twice: a resolver
+                # that randomises case (0x20) or a cookie-per-query client
+                # never repeats them, and must not flush the hot entries.
+                if len(self._seen) >= MAX_CACHED_REPLIES:
+                    self._seen.clear()
+                self._seen.add(key)
                 return render(query, answer, limit=limit, answer_cap=cap, ra=ra)
             renders = [render(query, answer, limit=limit, answer_cap=cap, ra=ra, turn=t)[2:]
                        for t in range(max(turns, 1))]
@@ -265,7 +273,7 @@ class Handler:
             replies = self._replies[over_tcp]
             if len(replies) >= MAX_CACHED_REPLIES:  # random names: start over
                 self._drop_replies()
-            replies[query.wire[2:]] = cached
+            replies[key] = cached
             return query.wire[:2] + cached.next()
         if self.forwarder is not None and self.recursion_allowed(client):
             hit = self.forwarder.cached(query, over_tcp)
