@@ -228,7 +228,7 @@ class UdpSocket:
             self.sock.close()
 
     def _readable(self) -> None:
-        recvfrom, handle = self.sock.recvfrom, self.handle
+        recvfrom, sendto, handle = self.sock.recvfrom, self.sock.sendto, self.handle
         for _ in range(_READS_PER_WAKEUP):
             try:
                 data, addr = recvfrom(_MAX_QUERY)
@@ -241,7 +241,12 @@ class UdpSocket:
             if reply is None:
                 continue
             if isinstance(reply, bytes):
-                self._send(reply, addr, None)
+                try:
+                    sendto(reply, addr)
+                except (BlockingIOError, InterruptedError):
+                    pass  # the socket buffer is full: drop, as a UDP server must
+                except OSError as exc:
+                    log.debug("udp send to %s failed: %s", addr[0], exc)
             else:
                 self.tasks.spawn(self._send_later(reply, addr, None))
 
