@@ -59,7 +59,7 @@ PROBE_QUESTION = b"\x00" + struct.pack("!HH", 2, 1)  # ". NS IN": cheap, any ans
 class ForwardSettings:
     """Timing and health knobs; the defaults are what dnsd runs with."""
 
-    try_timeout: float = 1.0       # per upstream try over UDP (the issue: "about 1 s")
+    try_timeout: float = 1.0       # per upstream try over UDP: a stub waits 5 s in all
     tcp_timeout: float = 1.5       # per TCP try: a handshake more than UDP
     deadline: float = 3.5          # the whole attempt: well inside a stub's 5 s
     # Consecutive failed tries that mark an upstream down. One: a failed try has

@@ -73,7 +73,7 @@ def test_consul_registrations_through_the_cli(double: ConsulDouble, tmp_path: Pa
 
 def test_propagation_latency_through_the_cli(double: ConsulDouble) -> None:
     """Write to the registry, time until dnsd's answer changes (printed; the
-    figure in the issue's closing note comes from the slow, 200-change run)."""
+    200-change figures come from tests/integration/test_consul_perf.py, marked slow)."""
     with DnsdProcess(["--consul", double.url]) as proc:
         _until(lambda: _addresses(proc, "web.service.consul") == {"10.0.0.1", "10.5.0.2"})
         lags = []
