@@ -19,11 +19,9 @@ from dnsd import records as rr
 from dnsd.model import AddressKind, Health, Instance
 from dnsd.names import ZoneName, hex_address, parse_reverse, parse_zone_name, split_zone
 from dnsd.table import Snapshot
-from dnsd.wire import AA, CD, NOERROR, NXDOMAIN, QR, RA, RD, TC, TYPE_OPT, Query
+from dnsd.wire import MAX_UDP, NOERROR, NXDOMAIN, Query, opt_record, reply_flags
 
 CLASS_ANY = 255
-MAX_UDP = 1232    # DNS flag day 2020: the EDNS0 size that avoids IP fragmentation
-MIN_UDP = 512     # RFC 1035 4.2.1
 MAX_CACHED = 50_000
 
 
@@ -268,30 +266,6 @@ class _Builder:
             answers.append(record)
             extras.append(extra)
         return AnswerSet(NOERROR, tuple(answers), extras=tuple(extras))
-
-
-def opt_record(udp_size: int, do: bool, ext_rcode: int = 0) -> bytes:
-    """Our EDNS0 OPT record (RFC 6891 6.1.2): version 0, DO echoed (RFC 3225 3)."""
-    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
-    return b"\x00" + struct.pack("!HHIH", TYPE_OPT, udp_size, ttl, 0)
-
-
-def udp_limit(query: Query) -> int:
-    """How large a UDP reply to this query may be."""
-    if query.edns is None:
-        return MIN_UDP
-    return max(MIN_UDP, min(query.edns.udp_size, MAX_UDP))
-
-
-def reply_flags(query: Query, rcode: int, *, aa: bool, ra: bool, tc: bool = False) -> int:
-    flags = QR | (query.flags & (0x7800 | RD | CD)) | (rcode & 0xF)
-    if aa:
-        flags |= AA
-    if ra:
-        flags |= RA
-    if tc:
-        flags |= TC
-    return flags
 
 
 def _fit(records: Sequence[bytes], size: int, limit: int) -> tuple[list[bytes], int, bool]:

@@ -43,13 +43,27 @@ from dnsd.upstream import (
     Reply,
     read_reply,
 )
-from dnsd.wire import AD, CD, HEADER, QR, RA, RD, TC, TYPE_OPT, Malformed, Query, encode_name
+from dnsd.wire import (
+    AD,
+    CD,
+    FORMERR,
+    HEADER,
+    NOERROR,
+    NXDOMAIN,
+    REFUSED,
+    SERVFAIL,
+    TC,
+    Malformed,
+    Query,
+    encode_name,
+    opt_record,
+    reply_flags,
+    udp_limit,
+)
+from dnsd.wire import error_reply as wire_error_reply
 
 log = logging.getLogger("dnsd.forward")
 
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-MIN_UDP = 512       # RFC 1035 4.2.1
-MAX_UDP = 1232      # the EDNS0 size that avoids IP fragmentation (DNS flag day 2020)
 MAX_TCP = 65535
 T = TypeVar("T")
 PROBE_QUESTION = b"\x00" + struct.pack("!HH", 2, 1)  # ". NS IN": cheap, any answer will do
@@ -170,29 +184,9 @@ class Routes:
         return self.default
 
 
-def fit_udp_limit(query: Query) -> int:
-    """How large a UDP reply to this client may be: 512, or its EDNS0 size up to 1232."""
-    if query.edns is None:
-        return MIN_UDP
-    return max(MIN_UDP, min(query.edns.udp_size, MAX_UDP))
-
-
-def _opt(query: Query) -> bytes:
-    if query.edns is None:
-        return b""
-    return b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_SIZE,
-                                 0x8000 if query.edns.do else 0, 0)
-
-
-def _flags(query: Query, rcode: int, extra: int = 0) -> int:
-    return QR | (query.flags & (0x7800 | RD | CD)) | RA | extra | (rcode & 0xF)
-
-
 def error_reply(query: Query, rcode: int) -> bytes:
-    """A reply carrying only ``rcode``: the client's ID and question, our OPT if it sent one."""
-    opt = _opt(query)
-    header = HEADER.pack(query.id, _flags(query, rcode), 1, 0, 0, 1 if opt else 0)
-    return header + query.question + opt
+    """A reply carrying only ``rcode``, with RA: the client's ID and question."""
+    return wire_error_reply(query.wire, rcode, query, ra=True)
 
 
 def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> bytes:
@@ -205,7 +199,7 @@ def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> by
     needed, RFC 2181 9), then whole records from the end, with TC set.
     """
     wire = reply.wire
-    opt = _opt(query)
+    opt = opt_record(EDNS_SIZE, query.edns.do) if query.edns is not None else b""
     chunks: list[bytes] = []
     for rec, ttl in zip(reply.records, ttls, strict=True):
         chunks.append(wire[rec.start:rec.ttl_at] + struct.pack("!I", ttl)
@@ -226,7 +220,8 @@ def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> by
     for section in sections[:keep]:
         counts[section] += 1
     extra = (reply.flags & AD) | (TC if tc else 0)
-    header = HEADER.pack(query.id, _flags(query, reply.rcode, extra), 1,
+    header = HEADER.pack(query.id, reply_flags(query, reply.rcode, aa=False, ra=True,
+                                               extra=extra), 1,
                          counts[1], counts[2], counts[3] + (1 if opt else 0))
     return b"".join([header, query.question, *chunks[:keep], opt])
 
@@ -318,12 +313,12 @@ class Forwarder:
         if entry is None:
             return None
         self.stats.cache_hits += 1
-        limit = MAX_TCP if over_tcp else fit_udp_limit(query)
+        limit = MAX_TCP if over_tcp else udp_limit(query)
         return render(query, entry.reply, entry.served_ttls(now, 0), limit=limit)
 
     async def forward(self, query: Query, over_tcp: bool) -> bytes:
         """The complete reply to send the client (see the module docstring)."""
-        limit = MAX_TCP if over_tcp else fit_udp_limit(query)
+        limit = MAX_TCP if over_tcp else udp_limit(query)
         if self._in_own_zone(query.key):
             log.error("refusing to forward %s: it is in dnsd's own zone", query.text())
             self.stats.refused += 1

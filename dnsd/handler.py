@@ -20,30 +20,26 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from dnsd import records as rr
-from dnsd.answer import (
-    CLASS_ANY,
-    Answerer,
-    AnswerSet,
-    opt_record,
-    render,
-    reply_flags,
-    udp_limit,
-)
+from dnsd.answer import CLASS_ANY, Answerer, AnswerSet, render
 from dnsd.ratelimit import RateLimiter, Verdict
 from dnsd.stats import QueryStats
 from dnsd.table import Table
 from dnsd.wire import (
     BADVERS,
     FORMERR,
+    MAX_UDP,
     NOTIMP,
     OPCODE_QUERY,
-    QR,
     RD,
     REFUSED,
     SERVFAIL,
     Malformed,
     Query,
+    error_reply,
+    opt_record,
     parse_query,
+    reply_flags,
+    udp_limit,
 )
 
 log = logging.getLogger("dnsd.handler")
@@ -354,25 +350,10 @@ def question_wire(name: str, qtype: int) -> bytes:
     """A recursive query of our own (random ID, RD, EDNS0 at 1232 bytes)."""
     header = struct.pack("!HHHHHH", secrets.randbits(16), RD, 1, 0, 0, 1)
     return (header + rr.name(name) + struct.pack("!HH", qtype, CLASS_IN)
-            + opt_record(1232, False))
+            + opt_record(MAX_UDP, False))
 
 
 def truncated_reply(query: Query) -> bytes:
     """An empty reply with TC set: "ask again over TCP" (RFC 7766 5)."""
     flags = reply_flags(query, 0, aa=False, ra=False, tc=True)
     return struct.pack("!HHHHHH", query.id, flags, 1, 0, 0, 0) + query.question
-
-
-def error_reply(wire: bytes, rcode: int, query: Query | None = None, *, ra: bool = False) -> bytes:
-    """A reply carrying only an rcode. With a parsed query the question is echoed
-    (and an OPT added when the client sent one); without, the header alone."""
-    if query is None:
-        ident, flags = struct.unpack_from("!HH", wire)
-        flags = QR | (flags & (0x7800 | RD)) | (rcode & 0xF)
-        return struct.pack("!HHHHHH", ident, flags, 0, 0, 0, 0)
-    opt = b""
-    if query.edns is not None:
-        opt = opt_record(1232, query.edns.do, rcode >> 4)
-    flags = reply_flags(query, rcode & 0xF, aa=False, ra=ra)
-    header = struct.pack("!HHHHHH", query.id, flags, 1, 0, 0, 1 if opt else 0)
-    return header + query.question + opt

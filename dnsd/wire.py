@@ -1,8 +1,9 @@
-"""Wire format on the hot path: read a query's header, question and EDNS0 OPT.
+"""Wire format on the hot path: read a query's header, question and EDNS0 OPT,
+and the parts every reply shares (flags, OPT, size limit, rcode-only replies).
 
 Hand-written on purpose: this runs for every packet, and dnslib's general parser
 (``DNSRecord.parse``) costs many times more than the answer lookup itself.
-It only reads; records are built with dnslib in ``records``. Imports: stdlib only.
+Records are built with dnslib in ``records``. Imports: stdlib only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ CD = 0x0010
 OPCODE_QUERY = 0
 TYPE_OPT = 41
 MAX_NAME = 255
+MIN_UDP = 512     # RFC 1035 4.2.1
+MAX_UDP = 1232    # DNS flag day 2020: the EDNS0 size that avoids IP fragmentation
 
 # RCODEs (RFC 1035 4.1.1, RFC 6891 9 for BADVERS)
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -171,3 +174,45 @@ def encode_name(name: str) -> bytes:
             out += raw
     out.append(0)
     return bytes(out)
+
+
+def udp_limit(query: Query) -> int:
+    """How large a UDP reply to this client may be: 512, or its EDNS0 size up to 1232."""
+    if query.edns is None:
+        return MIN_UDP
+    return max(MIN_UDP, min(query.edns.udp_size, MAX_UDP))
+
+
+def opt_record(udp_size: int, do: bool, ext_rcode: int = 0) -> bytes:
+    """Our EDNS0 OPT record (RFC 6891 6.1.2): version 0, DO echoed (RFC 3225 3)."""
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + struct.pack("!HHIH", TYPE_OPT, udp_size, ttl, 0)
+
+
+def reply_flags(query: Query, rcode: int, *, aa: bool, ra: bool, tc: bool = False,
+                extra: int = 0) -> int:
+    """Header flags of a reply: QR, the query's opcode, RD and CD echoed."""
+    flags = QR | (query.flags & (0x7800 | RD | CD)) | (rcode & 0xF) | extra
+    if aa:
+        flags |= AA
+    if ra:
+        flags |= RA
+    if tc:
+        flags |= TC
+    return flags
+
+
+def error_reply(wire: bytes, rcode: int, query: Query | None = None, *,
+                ra: bool = False) -> bytes:
+    """A reply carrying only an rcode. With a parsed query the question is echoed
+    (and our OPT added when the client sent one, carrying the rcode's upper bits);
+    without, the header alone."""
+    if query is None:
+        ident, flags = struct.unpack_from("!HH", wire)
+        flags = QR | (flags & (0x7800 | RD)) | (rcode & 0xF)
+        return HEADER.pack(ident, flags, 0, 0, 0, 0)
+    opt = b""
+    if query.edns is not None:
+        opt = opt_record(MAX_UDP, query.edns.do, rcode >> 4)
+    flags = reply_flags(query, rcode & 0xF, aa=False, ra=ra)
+    return HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0) + query.question + opt

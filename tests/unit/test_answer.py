@@ -6,10 +6,10 @@ import dns.flags
 import dns.message
 import dns.rcode
 
-from dnsd.answer import Answerer, ZoneSettings, render, udp_limit
+from dnsd.answer import Answerer, ZoneSettings, render
 from dnsd.model import Health, Instance, View
 from dnsd.table import Table
-from dnsd.wire import parse_query
+from dnsd.wire import parse_query, udp_limit
 
 
 def _table(*instances: Instance) -> Table:

@@ -15,16 +15,9 @@ from hypothesis import strategies as st
 
 from dnsd.config import load_config
 from dnsd.errors import ConfigError
-from dnsd.forward import (
-    Forwarder,
-    default_upstreams,
-    error_reply,
-    fit_udp_limit,
-    is_own,
-    render,
-)
+from dnsd.forward import Forwarder, default_upstreams, error_reply, is_own, render
 from dnsd.upstream import acceptable, build_query, read_reply
-from dnsd.wire import Malformed, Query, encode_name, parse_query
+from dnsd.wire import Malformed, Query, encode_name, parse_query, udp_limit
 
 
 def forwarder(*argv: str, resolv_conf: str = "/nonexistent") -> Forwarder:
@@ -197,13 +190,13 @@ def test_render_echoes_id_and_question_case_and_writes_ttls() -> None:
 def test_render_truncates_to_client_limit_with_tc() -> None:
     query = client_query("many.example.org.")
     reply = read_reply(big_reply("many.example.org.", 60))
-    wire = render(query, reply, (300,) * 60, limit=fit_udp_limit(query))
+    wire = render(query, reply, (300,) * 60, limit=udp_limit(query))
     msg = dns.message.from_wire(wire)
     assert len(wire) <= 512 and msg.flags & 0x0200
     assert 0 < len(msg.answer[0]) < 60
     edns_query = client_query("many.example.org.", use_edns=0, payload=4096)
-    assert fit_udp_limit(edns_query) == 1232
-    wire = render(edns_query, reply, (300,) * 60, limit=fit_udp_limit(edns_query))
+    assert udp_limit(edns_query) == 1232
+    wire = render(edns_query, reply, (300,) * 60, limit=udp_limit(edns_query))
     msg = dns.message.from_wire(wire)
     assert len(wire) <= 1232 and msg.edns == 0 and not msg.flags & 0x0200
     assert len(msg.answer[0]) == 60
@@ -221,7 +214,7 @@ def test_render_drops_additional_before_setting_tc() -> None:
 
 def test_render_small_edns_size_is_raised_to_512() -> None:
     query = client_query("www.example.org.", use_edns=0, payload=100)
-    assert fit_udp_limit(query) == 512
+    assert udp_limit(query) == 512
 
 
 def test_error_reply_echoes_question_and_edns() -> None:
