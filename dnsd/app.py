@@ -153,6 +153,11 @@ class App:
             stats=self.stats, table=self.table, statuses=lambda: self.statuses,
             ready=lambda: self.ready, before_scrape=self.handler.flush_stats,
             forwarder_stats=lambda: getattr(self.forwarder, "stats", None),
+            upstreams=lambda: [] if self.forwarder is None else [
+                (str(u), not u.down, u.queries, u.failures)
+                for u in self.forwarder.upstreams.values()],
+            forward_cache_entries=lambda: None if self.forwarder is None
+            else len(self.forwarder.cache),
             source_counters=lambda: {s.name: dict(getattr(s, "counters", {}))
                                      for s in self.sources if getattr(s, "counters", None)})
 

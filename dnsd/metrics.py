@@ -52,6 +52,9 @@ class MetricsInputs:
     statuses: Callable[[], Mapping[str, StatusLike]]
     ready: Callable[[], tuple[bool, str]]
     forwarder_stats: Callable[[], Any | None] = lambda: None
+    # (upstream, up, queries, failures) per upstream, and forward-cache entries
+    upstreams: Callable[[], list[tuple[str, bool, int, int]]] = lambda: []
+    forward_cache_entries: Callable[[], int | None] = lambda: None
     source_counters: Callable[[], Mapping[str, Mapping[str, int]]] = lambda: {}
     before_scrape: Callable[[], None] = lambda: None  # folds the hot path's counts in
 
@@ -115,6 +118,26 @@ class DnsdCollector(Collector):
                     family.add_metric([source, event], count)
             yield family
 
+        upstreams = self.inputs.upstreams()
+        if upstreams:
+            up = GaugeMetricFamily("dnsd_upstream_up", "1 while an upstream answers, 0 while "
+                                   "it is marked down and probed", labels=["upstream"])
+            queries = CounterMetricFamily("dnsd_upstream_queries", "Tries sent to an upstream",
+                                          labels=["upstream"])
+            failures = CounterMetricFamily("dnsd_upstream_failures", "Tries that failed "
+                                           "(timeout, error, or an rcode that is no answer)",
+                                           labels=["upstream"])
+            for name, alive, sent, failed in upstreams:
+                up.add_metric([name], 1.0 if alive else 0.0)
+                queries.add_metric([name], sent)
+                failures.add_metric([name], failed)
+            yield up
+            yield queries
+            yield failures
+        entries = self.inputs.forward_cache_entries()
+        if entries is not None:
+            yield GaugeMetricFamily("dnsd_forward_cache_entries", "Answers in the forwarding "
+                                    "cache", value=entries)
         fwd = self.inputs.forwarder_stats()
         if fwd is not None:
             for field_name, value in sorted(vars_of(fwd).items()):

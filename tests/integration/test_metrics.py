@@ -77,3 +77,22 @@ def test_ready_reports_a_stale_source(tmp_path: Path) -> None:
 def test_bad_metrics_address_is_one_line() -> None:
     with pytest.raises(RuntimeError, match="--metrics"):
         DnsdProcess(["--metrics", "nowhere"])
+
+
+def test_upstream_metrics() -> None:
+    from tests.upstreams import Dnsmasq
+
+    port = _free_port()
+    with Dnsmasq(["--host-record=up.example.test,10.1.1.1"]) as upstream, \
+            DnsdProcess(["--upstream", upstream.spec, "--upstream", "127.0.0.1:9",
+                         "--metrics", f"127.0.0.1:{port}"]) as proc:
+        proc.wait_for_log("metrics on")
+        for _ in range(3):
+            assert proc.query("up.example.test", "A").answer
+        _, text = _get(f"http://127.0.0.1:{port}/metrics")
+        assert _value(text, f'dnsd_upstream_up{{upstream="{upstream.spec}"}}') == 1
+        assert _value(text, f'dnsd_upstream_queries_total{{upstream="{upstream.spec}"}}') == 1
+        assert _value(text, "dnsd_forward_cache_entries") == 1
+        assert _value(text, "dnsd_forward_cache_hits_total") == 2
+        assert _value(text, 'dnsd_responses_total{qtype="A",rcode="NOERROR",'
+                            'transport="udp"}') == 3
