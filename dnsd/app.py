@@ -114,10 +114,13 @@ class App:
 
     # --- the Sink the sources report to -------------------------------------
 
-    def publish(self, source: str, view: View) -> None:
+    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
         status = self.statuses.setdefault(source, SourceStatus())
         status.has_data = True
         self.table.publish(source, view)
+        if observed_at is not None:
+            lag = asyncio.get_running_loop().time() - observed_at
+            self.stats.observe_propagation(max(0.0, lag))
 
     def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
         status = self.statuses.setdefault(source, SourceStatus())

@@ -77,16 +77,15 @@ class DnsdCollector(Collector):
                                   "(too short, or not a query)", value=stats.dropped)
         yield CounterMetricFamily("dnsd_rate_limited", "UDP replies withheld or slipped by "
                                   "the rate limit", value=stats.rate_limited)
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip(LATENCY_BUCKETS, stats.latency_counts, strict=False):
-            running += count
-            buckets.append((str(bound), running))
-        running += stats.latency_counts[-1]
-        buckets.append(("+Inf", running))
         latency = HistogramMetricFamily("dnsd_response_seconds", "Time from query to reply")
-        latency.add_metric([], buckets, sum_value=stats.latency_sum)
+        latency.add_metric([], _buckets(stats.latency_counts), sum_value=stats.latency_sum)
         yield latency
+        propagation = HistogramMetricFamily(
+            "dnsd_propagation_seconds", "Time from a source seeing a registry change to the "
+            "table answering with it")
+        propagation.add_metric([], _buckets(stats.propagation_counts),
+                               sum_value=stats.propagation_sum)
+        yield propagation
 
         snapshot = self.inputs.table.snapshot
         yield GaugeMetricFamily("dnsd_table_version", "Version of the served table",
@@ -145,6 +144,17 @@ class DnsdCollector(Collector):
                     yield CounterMetricFamily(f"dnsd_forward_{field_name}",
                                               f"Forwarding: {field_name.replace('_', ' ')}",
                                               value=value)
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Cumulative (upper bound, count) pairs from per-bucket counts."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(LATENCY_BUCKETS, counts, strict=False):
+        running += count
+        buckets.append((str(bound), running))
+    buckets.append(("+Inf", running + counts[-1]))
+    return buckets
 
 
 def vars_of(obj: Any) -> dict[str, Any]:

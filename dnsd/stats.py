@@ -24,6 +24,9 @@ class QueryStats:
     rate_limited: int = 0
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
+    propagation_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    propagation_sum: float = 0.0
 
     def count(self, qtype: int, rcode: int, transport: str, n: int = 1) -> None:
         key = (qtype, rcode, transport)
@@ -32,3 +35,8 @@ class QueryStats:
     def observe(self, seconds: float) -> None:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
+
+    def observe_propagation(self, seconds: float) -> None:
+        """A registry change became answerable ``seconds`` after its source saw it."""
+        self.propagation_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.propagation_sum += seconds

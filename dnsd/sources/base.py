@@ -26,8 +26,12 @@ class SourceState(enum.Enum):
 class Sink(Protocol):
     """Where sources report. Implemented by the app, which feeds the table."""
 
-    def publish(self, source: str, view: View) -> None:
-        """Replace ``source``'s whole view. Call on the event loop thread."""
+    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
+        """Replace ``source``'s whole view. Call on the event loop thread.
+
+        ``observed_at`` is the loop time (``loop.time()``) at which the source
+        first learned of the change this view carries, when it knows: the sink
+        measures from it how long a registry change takes to be answered."""
 
     def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
         """Record a state change; the sink logs it once. Call on the loop thread."""

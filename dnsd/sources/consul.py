@@ -507,6 +507,7 @@ class ConsulSource:
         self._warned: set[tuple[str, str]] = set()
         self._agent_dc: str | None = None
         self._publish_due = False
+        self._observed_at: float | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "resyncs": 0,
                                          "publishes": 0, "sweeps": 0,
                                          "swept_changes": 0}
@@ -871,6 +872,8 @@ class ConsulSource:
             returned = parse_index(raw)
             index, changed = next_index(index, returned)
             if changed:
+                if self._observed_at is None:  # the change this next view will carry
+                    self._observed_at = loop.time()
                 apply(returned, data, index == 0)
                 if index:  # moved forward: follow at once
                     continue
@@ -909,4 +912,5 @@ class ConsulSource:
                                     node_name, dc.name, exc)
         local = None if self.config.datacenter_set else self._agent_dc
         self.counters["publishes"] += 1
-        self._sink.publish(self.name, View(tuple(instances), tuple(nodes), local))
+        observed_at, self._observed_at = self._observed_at, None
+        self._sink.publish(self.name, View(tuple(instances), tuple(nodes), local), observed_at)

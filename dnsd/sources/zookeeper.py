@@ -559,7 +559,7 @@ class _Watcher:
     def _publish(self) -> None:
         if self._closed or not self._connected or self._failed:
             return
-        self._dirty_since = None
+        observed_at, self._dirty_since = self._dirty_since, None
         if self._max_delay is not None:
             self._max_delay.cancel()
             self._max_delay = None
@@ -567,7 +567,7 @@ class _Watcher:
         if view != self._published:
             self._published = view
             self.source.publishes_total += 1
-            self._sink.publish(self.source.name, view)
+            self._sink.publish(self.source.name, view, observed_at)
         if self._listing and self._outstanding == 0:
             self._listing = False
             self._set_state(SourceState.UP)

@@ -110,7 +110,7 @@ class RecordingSink:
     views: list[tuple[float, View]] = field(default_factory=list)
     states: list[tuple[float, SourceState, str]] = field(default_factory=list)
 
-    def publish(self, source: str, view: View) -> None:
+    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
         assert threading.current_thread() is threading.main_thread(), "publish off the loop"
         self.views.append((time.monotonic(), view))
 

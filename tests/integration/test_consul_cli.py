@@ -3,8 +3,11 @@ dnsd process watching the Consul API double over real HTTP."""
 
 from __future__ import annotations
 
+import re
+import socket
 import statistics
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +23,12 @@ def double() -> Iterator[ConsulDouble]:
     with ConsulDouble() as d:
         register_web(d)
         yield d
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _addresses(proc: DnsdProcess, name: str) -> set[str]:
@@ -74,7 +83,8 @@ def test_consul_registrations_through_the_cli(double: ConsulDouble, tmp_path: Pa
 def test_propagation_latency_through_the_cli(double: ConsulDouble) -> None:
     """Write to the registry, time until dnsd's answer changes (printed; the
     200-change figures come from tests/integration/test_consul_perf.py, marked slow)."""
-    with DnsdProcess(["--consul", double.url]) as proc:
+    metrics = _free_port()
+    with DnsdProcess(["--consul", double.url, "--metrics", f"127.0.0.1:{metrics}"]) as proc:
         _until(lambda: _addresses(proc, "web.service.consul") == {"10.0.0.1", "10.5.0.2"})
         lags = []
         for i in range(20):
@@ -88,6 +98,11 @@ def test_propagation_latency_through_the_cli(double: ConsulDouble) -> None:
         print(f"consul propagation over {len(lags)} changes: median "
               f"{statistics.median(lags) * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms")
         assert statistics.median(lags) < 0.5
+        # dnsd's own share of that lag is exported (watch return -> table swap)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=3) as resp:
+            text = resp.read().decode()
+        count = re.search(r"^dnsd_propagation_seconds_count (\S+)$", text, re.M)
+        assert count is not None and float(count.group(1)) >= 20
 
 
 def test_same_tags_instance_add_and_remove_latency_with_300_services() -> None:

@@ -22,7 +22,7 @@ class RecordingSink:
         self.publishes = 0
         self.states: list[tuple[SourceState, str]] = []
 
-    def publish(self, source: str, view: View) -> None:
+    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
         self.views[source] = view
         self.publishes += 1
 
