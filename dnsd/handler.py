@@ -194,32 +194,37 @@ class Handler:
           second time an empty TC reply so a real client retries over TCP.
         """
         started = time.perf_counter() if self.timed else 0.0
+        if self.rate_limiter is not None and not over_tcp:
+            verdict = self.rate_limiter.check(client)
+            if verdict is not Verdict.ALLOW:
+                self.stats.rate_limited += 1
+                return self._finish(None, self._slip(wire) if verdict is Verdict.SLIP
+                                    else None, client, over_tcp, started)
         # The hot path: a reply rendered before, found by the query's bytes.
-        if over_tcp or self.rate_limiter is None:
-            version = self.table.snapshot.version
-            if version != self._replies_version:
-                self._drop_replies()
-                self._replies_version = version
-            key = wire[2:]
-            cached = self._replies[over_tcp].get(key)
-            reply: bytes | None = None
-            if cached is not None:
-                cached.hits += 1
-                if self._plain:  # the hottest path: nothing to log or time
-                    return wire[:2] + cached.next()
-                reply = wire[:2] + cached.next()
-            else:
-                fwd = self._forwarded[over_tcp].get(key)
-                if (fwd is not None and fwd.second == int(time.monotonic())
-                        and self.recursion_allowed(client)):
-                    fwd.hits += 1
-                    reply = wire[:2] + fwd.tail
-            if reply is not None:
-                if self.log_queries:
-                    return self._finish(parse_query(wire), reply, client, over_tcp, started)
-                if self.timed:
-                    self.stats.observe(time.perf_counter() - started)
-                return reply
+        version = self.table.snapshot.version
+        if version != self._replies_version:
+            self._drop_replies()
+            self._replies_version = version
+        key = wire[2:]
+        cached = self._replies[over_tcp].get(key)
+        reply: bytes | None = None
+        if cached is not None:
+            cached.hits += 1
+            if self._plain:  # the hottest path: nothing to log or time
+                return wire[:2] + cached.next()
+            reply = wire[:2] + cached.next()
+        else:
+            fwd = self._forwarded[over_tcp].get(key)
+            if (fwd is not None and fwd.second == int(time.monotonic())
+                    and self.recursion_allowed(client)):
+                fwd.hits += 1
+                reply = wire[:2] + fwd.tail
+        if reply is not None:
+            if self.log_queries:
+                return self._finish(parse_query(wire), reply, client, over_tcp, started)
+            if self.timed:
+                self.stats.observe(time.perf_counter() - started)
+            return reply
         query: Query | None = None
         result: Reply | Awaitable[Reply]
         try:
@@ -229,12 +234,6 @@ class Handler:
                 query = parse_query(wire)
             except Malformed:
                 return self._finish(None, error_reply(wire, FORMERR), client, over_tcp, started)
-            if self.rate_limiter is not None and not over_tcp:
-                verdict = self.rate_limiter.check(client)
-                if verdict is not Verdict.ALLOW:
-                    self.stats.rate_limited += 1
-                    slip = truncated_reply(query) if verdict is Verdict.SLIP else None
-                    return self._finish(query, slip, client, over_tcp, started)
             result = self._answer(query, client, over_tcp)
         except Exception:
             log.exception("internal error answering a query from %s", client)
@@ -242,6 +241,17 @@ class Handler:
         if result is None or isinstance(result, bytes):
             return self._finish(query, result, client, over_tcp, started)
         return self._finish_later(query, result, client, over_tcp, started)
+
+    @staticmethod
+    def _slip(wire: bytes) -> Reply:
+        """The truncated reply a rate-limited client gets every other time, if
+        its query parses (garbage over the limit gets nothing)."""
+        if len(wire) < 12 or wire[2] & 0x80:
+            return None
+        try:
+            return truncated_reply(parse_query(wire))
+        except Malformed:
+            return None
 
     def _answer(self, query: Query, client: str, over_tcp: bool) -> Reply | Awaitable[bytes]:
         if query.opcode != OPCODE_QUERY:

@@ -237,7 +237,11 @@ class UdpSocket:
             except OSError as exc:
                 log.debug("udp error: %s", exc)
                 continue
-            reply = handle(data, addr[0], False)
+            try:
+                reply = handle(data, addr[0], False)
+            except Exception:  # the handler answers SERVFAIL itself; this is a last guard
+                log.exception("unexpected error handling a packet from %s", addr[0])
+                continue
             if reply is None:
                 continue
             if isinstance(reply, bytes):
