@@ -39,6 +39,7 @@ class RateLimiter:
         self.slip = slip
         self.now = now
         self._buckets: dict[str, _Bucket] = {}
+        self._prefixes: dict[str, str] = {}
 
     @staticmethod
     def prefix(client: str) -> str:
@@ -51,7 +52,12 @@ class RateLimiter:
 
     def check(self, client: str) -> Verdict:
         now = self.now()
-        key = self.prefix(client)
+        # ipaddress is slow for a per-packet path: remember each client's prefix.
+        key = self._prefixes.get(client)
+        if key is None:
+            if len(self._prefixes) >= MAX_BUCKETS:
+                self._prefixes.clear()
+            key = self._prefixes[client] = self.prefix(client)
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= MAX_BUCKETS:
