@@ -62,9 +62,13 @@ def double() -> Iterator[ConsulDouble]:
 Running = tuple[ConsulSource, RecordingSink]
 
 
-async def start(double: ConsulDouble, **config: object) -> AsyncIterator[Running]:
+@asynccontextmanager
+async def start(double: ConsulDouble, watch_limit: int | None = None,
+                **config: object) -> AsyncIterator[Running]:
+    """A running source (short waits and backoff) and the sink it reports to."""
     cfg = Config(consul=double.url, **config)  # type: ignore[arg-type]
-    source = ConsulSource(cfg, wait=2.0, backoff_base=0.05, backoff_cap=0.3)
+    options = {} if watch_limit is None else {"watch_limit": watch_limit}
+    source = ConsulSource(cfg, wait=2.0, backoff_base=0.05, backoff_cap=0.3, **options)
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -77,7 +81,7 @@ async def start(double: ConsulDouble, **config: object) -> AsyncIterator[Running
 
 @pytest.fixture
 async def running(double: ConsulDouble) -> AsyncIterator[Running]:
-    async for pair in start(double, consul_datacenters=("dc2",)):
+    async with start(double, consul_datacenters=("dc2",)) as pair:
         yield pair
 
 
@@ -149,7 +153,7 @@ async def test_remote_datacenter(double: ConsulDouble, running: Running) -> None
 
 
 async def test_datacenter_flag_keeps_agent_out_of_local(double: ConsulDouble) -> None:
-    async for _, sink in start(double, datacenter="dc9", datacenter_set=True):
+    async with start(double, datacenter="dc9", datacenter_set=True) as (_, sink):
         assert sink.view.local_datacenter is None
         assert sink.instances("web", "dc1")  # instances keep the datacenter Consul says
 
@@ -203,7 +207,7 @@ async def test_index_going_backwards_resets(double: ConsulDouble, running: Runni
 
 async def test_token_is_sent(double: ConsulDouble) -> None:
     double.required_token = "s3cret"
-    async for _, sink in start(double, consul_token="s3cret"):
+    async with start(double, consul_token="s3cret") as (_, sink):
         assert sink.instances("web")
 
 
@@ -266,7 +270,7 @@ async def test_services_beyond_the_watch_limit_are_swept_then_promoted(
     double.register("busy", "busy-2", node="node2", port=80)
     # Watched first: the services with most instances (busy, then db, svc0, svc1...
     # by name with one instance each); with a limit of 2, svc5 is not watched.
-    async with _started(double, watch_limit=2) as (source, sink):
+    async with start(double, watch_limit=2) as (source, sink):
         double.register("svc5", "svc5-2", node="node2", port=2000)  # same tags: unexplained
         await until(lambda: len(sink.instances("svc5")) == 2)
         assert source.counters["swept_changes"] == 1  # a sweep of the unwatched found it
@@ -284,7 +288,7 @@ async def test_services_beyond_the_watch_limit_are_swept_then_promoted(
 
 
 async def test_no_watches_at_all_still_follows_everything(double: ConsulDouble) -> None:
-    async with _started(double, watch_limit=0) as (_, sink):
+    async with start(double, watch_limit=0) as (_, sink):
         double.register("web", "web-2", node="node3", node_address="10.0.0.3", port=80,
                         tags=("v1", "http"))
         await until(lambda: len(sink.instances("web")) == 2)
@@ -295,20 +299,6 @@ async def test_no_watches_at_all_still_follows_everything(double: ConsulDouble) 
 
 def _polled_with_index(double: ConsulDouble, service: str) -> bool:
     return double.requests_with_index.get(f"/v1/health/service/{service}", 0) > 0
-
-
-@asynccontextmanager
-async def _started(double: ConsulDouble, **options: int) -> AsyncIterator[Running]:
-    source = ConsulSource(Config(consul=double.url), wait=2.0, backoff_base=0.05,
-                          backoff_cap=0.3, **options)
-    sink = RecordingSink()
-    task = asyncio.create_task(source.run(sink))
-    try:
-        await until(lambda: sink.state is SourceState.UP)
-        yield source, sink
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_cancel_is_prompt_during_a_long_poll(double: ConsulDouble) -> None:
