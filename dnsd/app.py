@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnsd.answer import Answerer, ZoneSettings
-from dnsd.config import Config, HostPort
+from dnsd.config import Config
 from dnsd.errors import DnsdError, StateFileError
 from dnsd.forward import Forwarder
 from dnsd.handler import Handler
@@ -376,5 +376,3 @@ def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:
         raise
     return sock
 
-
-HostPortT = HostPort

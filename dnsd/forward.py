@@ -56,6 +56,7 @@ from dnsd.wire import (
     Malformed,
     Query,
     encode_name,
+    name_text,
     opt_record,
     reply_flags,
     udp_limit,
@@ -281,9 +282,7 @@ class Forwarder:
             log.info("forwarding to %s (%s)", ", ".join(map(str, self.routes.default)),
                      self.policy)
         for key, ups in self.routes.per_domain.items():
-            name = ".".join(s.decode("ascii", "replace")
-                            for s in _labels(key)) or "."
-            log.info("forwarding %s to %s", name, ", ".join(map(str, ups)))
+            log.info("forwarding %s to %s", name_text(key), ", ".join(map(str, ups)))
 
     async def close(self) -> None:
         """Cancel every task this forwarder started and wait for them."""
@@ -482,15 +481,6 @@ class Forwarder:
         finally:
             if up.probe is asyncio.current_task():
                 up.probe = None
-
-
-def _labels(key: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(key) and key[pos]:
-        out.append(key[pos + 1:pos + 1 + key[pos]])
-        pos += 1 + key[pos]
-    return out
 
 
 def _read_text(path: str) -> str:

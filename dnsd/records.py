@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RD, SOA, SRV, A, DNSRecord
+from dnslib import AAAA, CNAME, NS, PTR, RD, SOA, SRV, A, DNSRecord
 from dnslib.label import DNSBuffer
 
 from dnsd.wire import encode_name
@@ -96,5 +96,3 @@ def address_answers(reply: bytes) -> list[bytes]:
 def name(text: str) -> bytes:
     return encode_name(text)
 
-
-QTYPE_NAMES = QTYPE

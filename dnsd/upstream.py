@@ -25,7 +25,6 @@ from dnsd.wire import CD, HEADER, QR, RD, TC, TYPE_OPT, Malformed, skip_name
 
 TYPE_SOA = 6
 EDNS_SIZE = 1232          # what we advertise upstream (DNS flag day 2020)
-MAX_TCP_MESSAGE = 65535
 
 ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
 

@@ -71,21 +71,30 @@ class Query:
 
     def labels(self) -> list[bytes]:
         """The lower-cased labels of the name, left to right."""
-        out: list[bytes] = []
-        pos = 0
-        key = self.key
-        while key[pos]:
-            length = key[pos]
-            out.append(key[pos + 1:pos + 1 + length])
-            pos += 1 + length
-        return out
+        return name_labels(self.key)
 
     def text(self) -> str:
         """The name as text, lower-cased, with a trailing dot; for logs."""
-        labels = self.labels()
-        if not labels:
-            return "."
-        return ".".join(label.decode("ascii", "backslashreplace") for label in labels) + "."
+        return name_text(self.key)
+
+
+def name_labels(name: bytes) -> list[bytes]:
+    """The labels of an uncompressed wire-format name, left to right."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(name) and name[pos]:
+        length = name[pos]
+        out.append(name[pos + 1:pos + 1 + length])
+        pos += 1 + length
+    return out
+
+
+def name_text(name: bytes) -> str:
+    """An uncompressed wire-format name as text with a trailing dot, for logs."""
+    labels = name_labels(name)
+    if not labels:
+        return "."
+    return ".".join(label.decode("ascii", "backslashreplace") for label in labels) + "."
 
 
 def skip_name(wire: bytes, pos: int) -> int:
