@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dns.message
 import dns.query
@@ -110,6 +110,12 @@ class DnsdProcess:
         return dns.query.udp(msg, self.host, port=self.port, timeout=timeout,
                              ignore_trailing=True)
 
+    def addresses(self, name: str, rdtype: str = "A", **kwargs: object) -> set[str]:
+        """The addresses (A or AAAA) in dnsd's answer for ``name``."""
+        reply = self.query(name, rdtype, **kwargs)  # type: ignore[arg-type]
+        return {rd.address for rrset in reply.answer
+                if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) for rd in rrset}
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
@@ -129,6 +135,16 @@ class DnsdProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_until(check: Callable[[], object], timeout: float = 5.0,
+               interval: float = 0.002) -> float:
+    """Poll ``check`` until it is true; return the seconds it took (fails on timeout)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, "timed out"
+        time.sleep(interval)
+    return time.monotonic() - started
 
 
 def run_cli(args: Sequence[str], env: dict[str, str] | None = None,

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.upstreams import free_port
+
 JAVA_DIR = Path("/usr/share/java")
 ZOOKEEPER_JAR = JAVA_DIR / "zookeeper.jar"
 LOG_BINDING = JAVA_DIR / "slf4j-simple.jar"
@@ -35,12 +37,6 @@ def _die_with_parent() -> None:
     (Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)``; a no-op where unavailable)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def four_letter(port: int, word: str = "srvr", timeout: float = 1.0) -> str:

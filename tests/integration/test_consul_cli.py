@@ -4,18 +4,18 @@ dnsd process watching the Consul API double over real HTTP."""
 from __future__ import annotations
 
 import re
-import socket
 import statistics
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.rcode
 import pytest
 
 from tests.consul_double import ConsulDouble, register_web
-from tests.dnsd_process import DnsdProcess
+from tests.dnsd_process import DnsdProcess, wait_until
+from tests.upstreams import free_port
 
 
 @pytest.fixture
@@ -25,43 +25,24 @@ def double() -> Iterator[ConsulDouble]:
         yield d
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _addresses(proc: DnsdProcess, name: str) -> set[str]:
-    reply = proc.query(name, "A")
-    return {rd.address for rrset in reply.answer for rd in rrset}
-
-
-def _until(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, "timed out"
-        time.sleep(0.002)
-    return time.monotonic() - started
-
-
 def test_consul_registrations_through_the_cli(double: ConsulDouble, tmp_path: Path) -> None:
     state = tmp_path / "state"
     args = ["--consul", double.url, "--state-dir", str(state)]
     with DnsdProcess(args) as proc:
-        _until(lambda: _addresses(proc, "web.service.consul") == {"10.0.0.1", "10.5.0.2"})
+        wait_until(lambda: proc.addresses("web.service.consul") == {"10.0.0.1", "10.5.0.2"})
         srv = proc.query("web.service.dc1.consul", "SRV")
         assert {rd.target.to_text() for rd in srv.answer[0]} == {
             "node1.node.dc1.consul.", "0a050002.addr.dc1.consul."}
 
         double.register("api", "api-1", node="node1", node_address="10.0.0.1", port=9)
-        _until(lambda: _addresses(proc, "api.service.consul") == {"10.0.0.1"})
+        wait_until(lambda: proc.addresses("api.service.consul") == {"10.0.0.1"})
         double.set_check("web-1", "critical", node="node1")
-        _until(lambda: _addresses(proc, "web.service.consul") == {"10.5.0.2"})
+        wait_until(lambda: proc.addresses("web.service.consul") == {"10.5.0.2"})
 
         double.stop()  # the registry goes away: answers go on
         proc.wait_for_log("serving the last table", timeout=10)
-        assert _addresses(proc, "web.service.consul") == {"10.5.0.2"}
-        assert _addresses(proc, "api.service.consul") == {"10.0.0.1"}
+        assert proc.addresses("web.service.consul") == {"10.5.0.2"}
+        assert proc.addresses("api.service.consul") == {"10.0.0.1"}
         deadline = time.monotonic() + 5
         while not (state / "table.json").exists():
             assert time.monotonic() < deadline
@@ -70,30 +51,30 @@ def test_consul_registrations_through_the_cli(double: ConsulDouble, tmp_path: Pa
     # restart dnsd with Consul still down: the saved table answers at once
     started = time.monotonic()
     with DnsdProcess(args) as proc:
-        assert _addresses(proc, "api.service.consul") == {"10.0.0.1"}
+        assert proc.addresses("api.service.consul") == {"10.0.0.1"}
         assert time.monotonic() - started < 5  # the process start, mostly the interpreter
         assert proc.query("web.service.consul", "A").rcode() == dns.rcode.NOERROR
 
         double.restart()  # back: a full resync picks up what changed meanwhile
         double.deregister("api-1", node="node1")
-        _until(lambda: proc.query("api.service.consul", "A").rcode() == dns.rcode.NXDOMAIN,
+        wait_until(lambda: proc.query("api.service.consul", "A").rcode() == dns.rcode.NXDOMAIN,
                timeout=10)
 
 
 def test_propagation_latency_through_the_cli(double: ConsulDouble) -> None:
     """Write to the registry, time until dnsd's answer changes (printed; the
     200-change figures come from tests/integration/test_consul_perf.py, marked slow)."""
-    metrics = _free_port()
+    metrics = free_port()
     with DnsdProcess(["--consul", double.url, "--metrics", f"127.0.0.1:{metrics}"]) as proc:
-        _until(lambda: _addresses(proc, "web.service.consul") == {"10.0.0.1", "10.5.0.2"})
+        wait_until(lambda: proc.addresses("web.service.consul") == {"10.0.0.1", "10.5.0.2"})
         lags = []
         for i in range(20):
             double.register(f"svc{i}", f"svc{i}-1", node="node1", node_address="10.0.0.1")
-            lags.append(_until(lambda i=i: proc.query(f"svc{i}.service.consul", "A").rcode()
+            lags.append(wait_until(lambda i=i: proc.query(f"svc{i}.service.consul", "A").rcode()
                                == dns.rcode.NOERROR))
             double.set_check("web-2", "critical" if i % 2 == 0 else "passing", node="node2")
             want = {"10.0.0.1"} if i % 2 == 0 else {"10.0.0.1", "10.5.0.2"}
-            lags.append(_until(lambda want=want: _addresses(proc, "web.service.consul") == want))
+            lags.append(wait_until(lambda want=want: proc.addresses("web.service.consul") == want))
         lags.sort()
         print(f"consul propagation over {len(lags)} changes: median "
               f"{statistics.median(lags) * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms")
@@ -114,7 +95,7 @@ def test_same_tags_instance_add_and_remove_latency_with_300_services() -> None:
         for n in range(300):
             double.register(f"s{n}", f"s{n}-1", node="node1", node_address="10.0.0.1", port=80)
         with DnsdProcess(["--consul", double.url]) as proc:
-            _until(lambda: proc.query("s299.service.consul", "A").rcode() == dns.rcode.NOERROR,
+            wait_until(lambda: proc.query("s299.service.consul", "A").rcode() == dns.rcode.NOERROR,
                    timeout=15)
             time.sleep(0.5)  # let the long-polls settle in
             polled = double.requests_with_index
@@ -125,11 +106,11 @@ def test_same_tags_instance_add_and_remove_latency_with_300_services() -> None:
                 address = f"10.1.{k // 200}.{k % 200 + 1}"
                 double.register(service, f"{service}-x{k}", node=f"n{k}", node_address=address,
                                 port=80)
-                lags["add"].append(_until(
-                    lambda s=service, a=address: a in _addresses(proc, f"{s}.service.consul")))
+                lags["add"].append(wait_until(
+                    lambda s=service, a=address: a in proc.addresses(f"{s}.service.consul")))
                 double.deregister(f"{service}-x{k}", node=f"n{k}")
-                lags["remove"].append(_until(
-                    lambda s=service, a=address: a not in _addresses(proc, f"{s}.service.consul")))
+                lags["remove"].append(wait_until(
+                    lambda s=service, a=address: a not in proc.addresses(f"{s}.service.consul")))
             assert polled["/v1/health/service/s99"]  # promoted to a watch of its own
     for kind, values in lags.items():
         values.sort()

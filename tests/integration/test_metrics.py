@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,12 +11,7 @@ import pytest
 
 from tests.conftest import SERVICES
 from tests.dnsd_process import DnsdProcess
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.upstreams import Dnsmasq, free_port
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -35,7 +29,7 @@ def _value(text: str, metric: str) -> float:
 
 
 def test_metrics_count_replies_by_type_rcode_and_transport() -> None:
-    port = _free_port()
+    port = free_port()
     with DnsdProcess(["--static", str(SERVICES), "--metrics", f"127.0.0.1:{port}"]) as proc:
         proc.wait_for_log("metrics on")
         for _ in range(3):
@@ -62,7 +56,7 @@ def test_metrics_count_replies_by_type_rcode_and_transport() -> None:
 def test_ready_reports_a_stale_source(tmp_path: Path) -> None:
     path = tmp_path / "services.toml"
     path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.1"\n')
-    port = _free_port()
+    port = free_port()
     with DnsdProcess(["--static", str(path), "--metrics", f"127.0.0.1:{port}"]) as proc:
         proc.wait_for_log("metrics on")
         path.write_text("broken = [")
@@ -80,9 +74,7 @@ def test_bad_metrics_address_is_one_line() -> None:
 
 
 def test_upstream_metrics() -> None:
-    from tests.upstreams import Dnsmasq
-
-    port = _free_port()
+    port = free_port()
     with Dnsmasq(["--host-record=up.example.test,10.1.1.1"]) as upstream, \
             DnsdProcess(["--upstream", upstream.spec, "--upstream", "127.0.0.1:9",
                          "--metrics", f"127.0.0.1:{port}"]) as proc:

@@ -18,7 +18,7 @@ import dns.query
 import dns.rcode
 
 from tests.consul_double import ConsulDouble
-from tests.dnsd_process import DnsdProcess
+from tests.dnsd_process import DnsdProcess, wait_until
 from tests.integration import conftest_zookeeper as fixtures
 from tests.integration.conftest_zookeeper import Registrator
 from tests.upstreams import Dnsmasq, ScriptedUpstream
@@ -55,17 +55,6 @@ class Load(threading.Thread):
                     self.failed.append(f"{name}: {exc!r}")
 
 
-def _until(check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def _addresses(proc: DnsdProcess, name: str) -> set[str]:
-    return {rd.address for rrset in proc.query(name, "A").answer for rd in rrset}
-
-
 def test_registries_die_mid_load_and_dnsd_restarts_with_both_down(
         zookeeper: ZooKeeperServer, registrator: Registrator, tmp_path: Path) -> None:
     state = tmp_path / "state"
@@ -76,8 +65,8 @@ def test_registries_die_mid_load_and_dnsd_restarts_with_both_down(
                 "--state-dir", str(state)]
         with DnsdProcess(args) as proc:
             for name, want in NAMES.items():
-                _until(lambda name=name, want=want: _addresses(proc, name) == want)
-            _until(lambda: (state / "table.json").exists())
+                wait_until(lambda name=name, want=want: proc.addresses(name) == want, timeout=10)
+            wait_until(lambda: (state / "table.json").exists(), timeout=10)
             load = Load(proc.host, proc.port)
             load.start()
             time.sleep(0.5)
@@ -99,11 +88,11 @@ def test_registries_die_mid_load_and_dnsd_restarts_with_both_down(
                 assert time.monotonic() - started < 10, proc.log
                 try:
                     proc.wait_listening(0.05)
-                    if _addresses(proc, "zkweb.service.consul") == {"10.7.0.1"}:
+                    if proc.addresses("zkweb.service.consul") == {"10.7.0.1"}:
                         first = time.monotonic() - started
                 except (TimeoutError, dns.exception.DNSException):
                     pass
-            assert _addresses(proc, "web.service.consul") == {"10.0.0.1"}
+            assert proc.addresses("web.service.consul") == {"10.0.0.1"}
             # the interpreter's own start is part of this; the table is there at bind
             interpreter = _interpreter_start()
             print(f"answered from the saved table {first:.2f} s after start "
