@@ -136,7 +136,7 @@ class RecordingSink:
         return {(i.address, i.port) for i in self.instances(service)}
 
 
-async def wait_until(predicate: Callable[[], object], timeout: float = 10.0,
+async def wait_until(predicate: Callable[[], object], timeout: float = 30.0,
                      what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

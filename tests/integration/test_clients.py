@@ -181,7 +181,7 @@ def plain_dnsd(ns: Netns, services: list[str]) -> str:
 
 def queries_after(dnsd: DnsdProcess, mark: int,
                   until: Callable[[list[tuple[str, str, int, str]]], bool],
-                  timeout: float = 3.0) -> list[tuple[str, str, int, str]]:
+                  timeout: float = 20.0) -> list[tuple[str, str, int, str]]:
     """The (transport, name, type, rcode) query-log entries after line ``mark``,
     waiting (the log is read by a thread) until ``until`` holds or time is up."""
     deadline = time.monotonic() + timeout

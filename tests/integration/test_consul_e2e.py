@@ -65,7 +65,7 @@ def texts(reply: dns.message.Message) -> set[str]:
     return {rd.to_text() for rrset in reply.answer for rd in rrset}
 
 
-async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
+async def until(check: Callable[[], object], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         result = check()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import dns.message
@@ -122,41 +121,37 @@ async def test_failover_from_a_dead_upstream_then_skip_it(dnsmasq, closing) -> N
     with BlackHole() as dead:
         fwd = make_forwarder(dead.spec, dnsmasq.spec)
         closing.append(fwd)
-        started = time.monotonic()
         msg = await ask(fwd, "web.example.test.")
-        first = time.monotonic() - started
         assert addresses(msg) == ["10.1.2.3"]
-        assert 0.8 < first < 1.5, f"first query took {first:.2f}s"
         dead_up = fwd.upstreams[dead.addr]
         assert dead_up.down and dead_up.probe is not None
-        started = time.monotonic()
+        assert dead_up.queries == 1 and dead_up.failures == 1  # one try, timed out
         for i in range(5):
             assert addresses(await ask(fwd, f"n{i}.wild.test.")) == ["10.9.9.9"]
-        later = (time.monotonic() - started) / 5
-        assert later < 0.2, f"later queries took {later:.3f}s each"
-        assert fwd.stats.upstream_failures == 1
+        # Later queries skip the dead upstream: no try waits on it again.
+        assert dead_up.queries == 1 and fwd.stats.upstream_failures == 1
 
 
 async def test_closed_port_fails_over_at_once(dnsmasq, closing) -> None:
-    fwd = make_forwarder(f"127.0.0.1:{free_port()}", dnsmasq.spec)
+    # A try timeout far longer than the test's own patience: only the ICMP port
+    # unreachable error, not a timeout, can end the first try in time.
+    fwd = make_forwarder(f"127.0.0.1:{free_port()}", dnsmasq.spec,
+                         settings=ForwardSettings(try_timeout=60.0, deadline=120.0))
     closing.append(fwd)
-    started = time.monotonic()
-    assert addresses(await ask(fwd, "web.example.test.")) == ["10.1.2.3"]
-    assert time.monotonic() - started < 0.5  # ICMP port unreachable, no timeout
+    msg = await asyncio.wait_for(ask(fwd, "web.example.test."), 30)
+    assert addresses(msg) == ["10.1.2.3"] and fwd.stats.upstream_failures == 1
 
 
 async def test_every_upstream_dead_is_servfail_within_budget(closing) -> None:
     with BlackHole() as one, BlackHole() as two:
         fwd = make_forwarder(one.spec, two.spec)
         closing.append(fwd)
-        started = time.monotonic()
         msg = await ask(fwd, "www.example.org.")
-        took = time.monotonic() - started
-        assert msg.rcode() == dns.rcode.SERVFAIL and 1.8 < took < 3.0
-        started = time.monotonic()
+        assert msg.rcode() == dns.rcode.SERVFAIL
+        first, second = fwd.upstreams[one.addr], fwd.upstreams[two.addr]
+        assert (first.queries, second.queries) == (1, 1)  # each tried once, in turn
         assert (await ask(fwd, "www.example.org.", tcp=True)).rcode() == dns.rcode.SERVFAIL
-        took = time.monotonic() - started
-        assert took < 2.0, "all down: only one upstream is tried"
+        assert first.queries + second.queries == 3, "all down: only one upstream is tried"
         assert fwd.stats.servfail == 2
 
 
@@ -201,17 +196,16 @@ async def test_wrong_id_is_ignored(closing) -> None:
     with ScriptedUpstream(RECORDS, mode="wrong_id_then_right") as up:
         fwd = make_forwarder(up.spec)
         closing.append(fwd)
-        started = time.monotonic()
         msg = await ask(fwd, "a.test.")
         assert addresses(msg) == ["10.0.0.1", "10.0.0.2"]  # not the decoy 192.0.2.99
-        assert time.monotonic() - started < 0.5
+        assert up.count() == 1 and fwd.stats.upstream_failures == 0  # the same try
     with ScriptedUpstream(RECORDS, mode="wrong_id") as liar, ScriptedUpstream(RECORDS) as good:
         fwd = make_forwarder(liar.spec, good.spec)
         closing.append(fwd)
-        started = time.monotonic()
         assert addresses(await ask(fwd, "a.test.")) == ["10.0.0.1", "10.0.0.2"]
-        assert 0.8 < time.monotonic() - started < 1.5  # waited the try out, then failed over
+        # The liar's try ran out (its wrong-ID reply was ignored), then the good one answered.
         assert liar.count() == 1 and good.count() == 1
+        assert fwd.upstreams[liar.addr].failures == 1
 
 
 async def test_wrong_question_is_ignored(closing) -> None:
@@ -312,13 +306,12 @@ async def test_serve_stale_when_upstreams_fail(closing) -> None:
         assert stale.rcode() == dns.rcode.NOERROR and addresses(stale) == ["10.0.0.3"]
         assert stale.answer[0].ttl == 30 and fwd.stats.stale_served == 1
         up.mode = "timeout"
-        started = time.monotonic()
+        tries = fwd.upstreams[up.addr].queries
         assert addresses(await ask(fwd, "short.test.", tcp=True)) == ["10.0.0.3"]
-        assert time.monotonic() - started < 2.0  # one TCP try (1.5 s), then stale
-        # Now the upstream is down: stale is served without waiting on it.
-        started = time.monotonic()
+        assert fwd.upstreams[up.addr].queries == tries + 1  # one TCP try, then stale
+        # Now the upstream is down: stale is served without trying it again.
         assert addresses(await ask(fwd, "short.test.")) == ["10.0.0.3"]
-        assert time.monotonic() - started < 0.1 and fwd.stats.stale_served == 3
+        assert fwd.upstreams[up.addr].queries == tries + 1 and fwd.stats.stale_served == 3
         assert (await ask(fwd, "never-seen.test.")).rcode() == dns.rcode.SERVFAIL
         clock.t += 86_400
         assert (await ask(fwd, "short.test.")).rcode() == dns.rcode.SERVFAIL  # window over

@@ -47,10 +47,10 @@ async def running(hosts: str, base: str, *extra: str,
         started = time.monotonic()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert time.monotonic() - started < 5, "the source took too long to stop"
+        assert time.monotonic() - started < 30, "the source hung on stop"
 
 
-async def up(sink: RecordingSink, timeout: float = 10.0) -> None:
+async def up(sink: RecordingSink, timeout: float = 30.0) -> None:
     await wait_until(lambda: sink.state is SourceState.UP, timeout, "source UP")
 
 
