@@ -24,6 +24,8 @@ from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.ratelimit import RateLimiter
 from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpSocket
+from dnsd.signals import STOP as STOP_SIGNALS
+from dnsd.signals import PendingSignals
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.static import StaticSource
 from dnsd.state import StateSaver, load_views
@@ -310,16 +312,26 @@ class App:
     def stop(self) -> None:
         self._stop.set()
 
-    async def serve(self, started: Callable[[App], None] | None = None) -> None:
-        """Start, run until SIGTERM/SIGINT (or :meth:`stop`), then shut down."""
+    async def serve(self, started: Callable[[App], None] | None = None,
+                    pending: PendingSignals | None = None) -> None:
+        """Start, run until SIGTERM/SIGINT (or :meth:`stop`), then shut down.
+
+        ``pending`` holds signals that arrived before the loop could take them
+        (see ``dnsd.signals``): a stop among them shuts down right after start,
+        a SIGHUP reloads."""
         loop = asyncio.get_running_loop()
         # Handlers first: a signal that arrives while starting must not kill
         # the process with the default action (tests and init systems send early).
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()  # a bad file or address raises here, before any cleanup is due
         try:
+            for early in pending.take() if pending is not None else ():
+                if early in STOP_SIGNALS:
+                    self.stop()
+                else:
+                    loop.call_soon(self.reload)
             if started is not None:
                 started(self)
             await self._stop.wait()

@@ -2,21 +2,32 @@
 
 The only place that exits: a :class:`DnsdError` (bad option, bad services file)
 or a failed bind becomes one line on stderr and exit status 2 (1 for bind).
+Imports: ``signals`` first (so a signal during start-up is never fatal), then
+``config``, ``errors``, ``app`` and ``workers``.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import uvloop
+from dnsd.signals import PendingSignals
 
-from dnsd.config import Config, load_config
-from dnsd.errors import DnsdError
+if TYPE_CHECKING:
+    from dnsd.config import Config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all, before the slower imports: a signal that arrives while dnsd
+    # is starting is kept for the app (a graceful stop, a reload), never the
+    # default action that kills the process.
+    pending = PendingSignals().install()
+    import logging
+
+    from dnsd.config import load_config
+    from dnsd.errors import DnsdError
+
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         config = load_config(args)
@@ -31,17 +42,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers > 1:
         from dnsd.workers import supervise
 
-        return supervise(config, lambda cfg, index: run_worker(cfg, index, args))
-    return run_worker(config, 0, args)
+        return supervise(config, lambda cfg, index, signals: run_worker(cfg, index, args,
+                                                                          signals))
+    return run_worker(config, 0, args, pending)
 
 
-def run_worker(config: Config, index: int, args: Sequence[str] = ()) -> int:
+def run_worker(config: Config, index: int, args: Sequence[str] = (),
+               pending: PendingSignals | None = None) -> int:
     """Run one dnsd process until it is told to stop; return its exit status."""
+    import uvloop
+
     from dnsd.app import App  # after logging: importing sources may log
+    from dnsd.config import load_config
+    from dnsd.errors import DnsdError
 
     async def run() -> None:
         app = App(config, worker=index, reload_config=lambda: load_config(args))
-        await app.serve()
+        await app.serve(pending=pending)
 
     try:
         # uvloop: libuv's event loop, several times faster for small UDP packets.

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from dnsd.config import Config
+from dnsd.signals import HANDLED, PendingSignals
 
 log = logging.getLogger("dnsd.workers")
 
@@ -49,22 +50,30 @@ def resolve_ports(config: Config) -> Config:
     return dataclasses.replace(config, listen=tuple(listen))
 
 
-def supervise(config: Config, run_worker: Callable[[Config, int], int]) -> int:
+def supervise(config: Config,
+              run_worker: Callable[[Config, int, PendingSignals], int]) -> int:
     """Run ``config.workers`` workers until a signal; return the exit status."""
     config = resolve_ports(config)
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
     def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            status = 1
-            try:
-                status = run_worker(config, index)
-            finally:
-                os._exit(status)
+        # Signals stay blocked across the fork, so none reaches the child while
+        # it still runs the supervisor's handler; the child records them until
+        # its app serves (a worker told to stop while starting stops cleanly).
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                status = 1
+                try:
+                    pending = PendingSignals().install()
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+                    status = run_worker(config, index, pending)
+                finally:
+                    os._exit(status)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         children[pid] = index
 
     def forward(sig: int, _frame: object) -> None:
@@ -75,7 +84,7 @@ def supervise(config: Config, run_worker: Callable[[Config, int], int]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in HANDLED:
         signal.signal(sig, forward)
     for index in range(config.workers):
         spawn(index)
