@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 # A DNS label as Consul and registrator names use it: letters, digits, hyphen and
@@ -37,6 +37,50 @@ class Health(enum.Enum):
             else:
                 return cls.CRITICAL
         return worst
+
+
+class Meta(Mapping[str, str]):
+    """An immutable, hashable string-to-string mapping (service or node meta).
+
+    Frozen values must hold frozen parts: a plain dict inside a frozen
+    dataclass can still be changed, and makes the value unhashable (the idea
+    of dnspython's ``dns/immutable.py``). Compares equal to any mapping with
+    the same items, so ``inst.meta == {"version": "1"}`` reads naturally.
+    """
+
+    __slots__ = ("_hash", "_items")
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        self._items: dict[str, str] = {str(k): str(v) for k, v in pairs}
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._items.items()))
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"Meta({self._items!r})"
+
+
+NO_META = Meta()
+
+
+def freeze_meta(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> Meta:
+    """``value`` as :class:`Meta` (itself when it already is one)."""
+    if isinstance(value, Meta):
+        return value
+    return Meta(value) if value else NO_META
 
 
 class AddressKind(enum.Enum):
@@ -99,7 +143,7 @@ class Instance:
     health: Health = Health.PASSING
     weight_passing: int = 1
     weight_warning: int = 1
-    meta: Mapping[str, str] = field(default_factory=dict)
+    meta: Mapping[str, str] = NO_META
     address_kind: AddressKind = field(init=False)
     node_address_kind: AddressKind = field(init=False)
 
@@ -117,6 +161,7 @@ class Instance:
                 raise ValueError(f"weight {weight} is not from 0 to 65535")
         kind, address = classify_address(self.address)
         node_kind, node_address = classify_address(self.node_address)
+        object.__setattr__(self, "meta", freeze_meta(self.meta))
         object.__setattr__(self, "address", address)
         object.__setattr__(self, "address_kind", kind)
         object.__setattr__(self, "node_address", node_address)
@@ -141,11 +186,15 @@ class Instance:
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """A node (host) known to a registry, answerable as ``<node>.node.<dc>``."""
+    """A node (host) known to a registry, answerable as ``<node>.node.<dc>``.
+
+    The one home of node data: its address and its meta (served as TXT
+    records, as Consul serves ``NodeMeta``)."""
 
     name: str
     datacenter: str
     address: str = ""
+    meta: Mapping[str, str] = NO_META
     address_kind: AddressKind = field(init=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +205,7 @@ class Node:
         kind, address = classify_address(self.address)
         object.__setattr__(self, "address", address)
         object.__setattr__(self, "address_kind", kind)
+        object.__setattr__(self, "meta", freeze_meta(self.meta))
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,8 @@ def encode_views(views: Mapping[str, View], saved_at: float | None = None) -> by
         "views": {
             name: {"local_datacenter": view.local_datacenter,
                    "instances": [_instance_json(i) for i in view.instances],
-                   "nodes": [{"name": n.name, "datacenter": n.datacenter, "address": n.address}
+                   "nodes": [{"name": n.name, "datacenter": n.datacenter, "address": n.address,
+                              "meta": dict(n.meta)}
                              for n in view.nodes]}
             for name, view in sorted(views.items())
         },
@@ -125,9 +126,13 @@ def _decode_instance(raw: object, where: str) -> Instance:
 def _decode_node(raw: object, where: str) -> Node:
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: not an object")
+    meta = raw.get("meta", {})  # absent in files saved before nodes had meta
+    if not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ValueError(f"{where}: meta must map strings to strings")
     try:
         return Node(_field(raw, "name", str, where), _field(raw, "datacenter", str, where),
-                    _field(raw, "address", str, where))
+                    _field(raw, "address", str, where), meta)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
 

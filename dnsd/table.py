@@ -55,8 +55,9 @@ def build_snapshot(version: int, views: Mapping[str, View], local_datacenter: st
     """Merge views (in source-name order, so the result is deterministic).
 
     An instance id seen twice in one (datacenter, service) keeps the first; a
-    node's address is the first non-empty one any source gives. Unless the
-    local datacenter is fixed by the user, the first one a registry reports wins.
+    node's address, and its meta, are the first non-empty ones any source gives.
+    Unless the local datacenter is fixed by the user, the first one a registry
+    reports wins.
     """
     if not datacenter_fixed:
         reported = [views[s].local_datacenter for s in sorted(views)]
@@ -70,9 +71,7 @@ def build_snapshot(version: int, views: Mapping[str, View], local_datacenter: st
         view = views[source]
         for node in view.nodes:
             key = (node.datacenter.lower(), node.name.lower())
-            known = nodes.get(key)
-            if known is None or (not known.address and node.address):
-                nodes[key] = node
+            nodes[key] = _merge_node(nodes.get(key), node)
             dcs.add(key[0])
         for inst in view.instances:
             dc = inst.datacenter.lower()
@@ -86,7 +85,8 @@ def build_snapshot(version: int, views: Mapping[str, View], local_datacenter: st
             nkey = (dc, inst.node.lower())
             known = nodes.get(nkey)
             if known is None or (not known.address and inst.node_address):
-                nodes[nkey] = Node(inst.node, inst.datacenter, inst.node_address)
+                nodes[nkey] = _merge_node(known, Node(inst.node, inst.datacenter,
+                                                      inst.node_address))
 
     # address -> names, insertion-ordered and deduplicated (dict keys as a set)
     reverse: dict[str, dict[ReverseEntry, None]] = {}
@@ -111,6 +111,16 @@ def build_snapshot(version: int, views: Mapping[str, View], local_datacenter: st
         reverse=MappingProxyType({k: tuple(v) for k, v in reverse.items()}),
         built_at=time.time(),
     )
+
+
+def _merge_node(known: Node | None, node: Node) -> Node:
+    """``known`` completed by ``node``: each field's first non-empty value."""
+    if known is None:
+        return node
+    if (known.address or not node.address) and (known.meta or not node.meta):
+        return known
+    return Node(known.name, known.datacenter, known.address or node.address,
+                known.meta or node.meta)
 
 
 class Table:

@@ -22,7 +22,7 @@ VIEWS = {
             Instance("db", "node2", "dc2", address="2001:db8::5", port=5432),
             Instance("ext", "node3", "dc1", address="db.example.com", port=1),
         ),
-        nodes=(Node("node1", "dc1", "10.0.0.1"), Node("lonely", "dc1", "")),
+        nodes=(Node("node1", "dc1", "10.0.0.1", {"rack": "r1"}), Node("lonely", "dc1", "")),
         local_datacenter="dc1"),
     "zookeeper:zk1:2181/services": View(
         instances=(Instance("cache", "host-a", "dc1", node_address="10.1.0.1", port=6379),)),
@@ -33,6 +33,27 @@ def test_round_trip(tmp_path: Path) -> None:
     save_views(str(tmp_path), VIEWS)
     assert load_views(str(tmp_path)) == VIEWS
     assert os.listdir(tmp_path) == [FILE_NAME]  # no temporary file left behind
+
+
+def test_node_meta_is_optional_in_older_files(tmp_path: Path) -> None:
+    data = _valid()
+    views = data["views"]
+    assert isinstance(views, dict)
+    for node in views["consul:http://127.0.0.1:8500"]["nodes"]:
+        del node["meta"]
+    _write(tmp_path, json.dumps(data).encode())
+    nodes = load_views(str(tmp_path))["consul:http://127.0.0.1:8500"].nodes
+    assert [dict(n.meta) for n in nodes] == [{}, {}]
+
+
+def test_values_are_hashable_and_frozen() -> None:
+    inst = VIEWS["consul:http://127.0.0.1:8500"].instances[0]
+    assert hash(inst) == hash(Instance(**{f: getattr(inst, f) for f in (
+        "service", "node", "datacenter", "id", "node_address", "port", "tags", "health",
+        "weight_passing", "weight_warning", "meta")}))
+    with pytest.raises(TypeError):
+        inst.meta["version"] = "2"  # type: ignore[index]
+    assert hash(VIEWS["consul:http://127.0.0.1:8500"]) is not None
 
 
 def test_save_replaces_and_creates_the_directory(tmp_path: Path) -> None:
