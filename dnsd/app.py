@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnsd.answer import Answerer, ZoneSettings
-from dnsd.config import Config
+from dnsd.config import RESTART_ONLY, Config
 from dnsd.errors import DnsdError, StateFileError
 from dnsd.forward import Forwarder
 from dnsd.handler import Handler
@@ -356,13 +356,6 @@ class App:
             await self.forwarder.close()
         if self.metrics is not None:
             await self.metrics.close()
-
-
-# Settings a running process cannot change: they need a restart.
-RESTART_ONLY = ("listen", "workers", "consul", "consul_token", "consul_ca",
-                "consul_datacenters", "zookeeper", "zookeeper_datacenter", "upstream",
-                "upstream_for", "upstream_policy", "state_dir", "metrics", "domain",
-                "alt_domain", "datacenter", "datacenter_set", "node_name")
 
 
 def zone_settings(cfg: Config) -> ZoneSettings:

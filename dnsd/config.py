@@ -234,6 +234,12 @@ def _path(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Option:
+    """One row of the options table: a flag, its TOML key and its ``DNSD_*``
+    variable, how its text is parsed, and whether SIGHUP may change it.
+
+    Its typed value and default are the :class:`Config` field of the same key
+    (a test holds the two, the README's table and ``--help`` together)."""
+
     name: str                     # flag name without dashes, with '-'
     parse: Callable[[str], Any]
     help: str
@@ -241,6 +247,7 @@ class Option:
     repeat: bool = False          # repeatable flag; list in TOML; comma list in env
     flag: bool = False            # boolean switch
     env: Sequence[str] = ()       # extra environment names after DNSD_<NAME>
+    reload: bool = False          # SIGHUP applies a change; otherwise it needs a restart
 
     @property
     def key(self) -> str:
@@ -257,7 +264,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("node-name", _node_name, "this node's name; static services default to it "
            "(default: host name)", "NAME"),
     Option("static", _path, "services file (TOML or JSON), re-read when it changes",
-           "FILE", repeat=True),
+           "FILE", repeat=True, reload=True),
     Option("consul", _url, "Consul HTTP API to watch, e.g. http://127.0.0.1:8500", "URL"),
     Option("consul-token", _text, "Consul ACL token (also CONSUL_HTTP_TOKEN)", "TOKEN",
            env=("CONSUL_HTTP_TOKEN",)),
@@ -276,24 +283,33 @@ OPTIONS: tuple[Option, ...] = (
     Option("upstream-policy", _policy, "order of upstream tries: sequential (default) "
            "or random", "POLICY"),
     Option("ttl", _nonneg_int(2**31 - 1), "TTL of service and node answers (default 0)",
-           "SECONDS"),
+           "SECONDS", reload=True),
     Option("negative-ttl", _nonneg_int(2**31 - 1), "SOA minimum: TTL of NXDOMAIN/NODATA "
-           "answers (default 0)", "SECONDS"),
+           "answers (default 0)", "SECONDS", reload=True),
     Option("udp-answer-limit", _nonneg_int(65535), "cap on answers to non-EDNS UDP queries "
-           "(default 0: no cap)", "N"),
+           "(default 0: no cap)", "N", reload=True),
     Option("allow-recursion", _cidr, "clients whose out-of-zone names are forwarded "
-           "(default loopback and private ranges)", "CIDR", repeat=True),
+           "(default loopback and private ranges)", "CIDR", repeat=True, reload=True),
     Option("workers", _workers, "processes sharing the port (default 1)", "N"),
-    Option("rate-limit", _rate, "per-client UDP response rate limit (default off)", "QPS"),
-    Option("query-log", _text, "log one line per query", flag=True),
-    Option("only-passing", _text, "leave out instances whose checks are warning", flag=True),
+    Option("rate-limit", _rate, "per-client UDP response rate limit (default off)", "QPS",
+           reload=True),
+    Option("query-log", _text, "log one line per query", flag=True, reload=True),
+    Option("only-passing", _text, "leave out instances whose checks are warning", flag=True,
+           reload=True),
     Option("state-dir", _path, "where the last good table is saved and loaded at start",
            "DIR"),
     Option("metrics", _listen, "serve /metrics, /health and /ready over HTTP", "ADDR:PORT"),
-    Option("log-level", _level, "debug, info, warning or error (default info)", "LEVEL"),
+    Option("log-level", _level, "debug, info, warning or error (default info)", "LEVEL",
+           reload=True),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}
+
+RESTART_ONLY: tuple[str, ...] = (
+    *(opt.key for opt in OPTIONS if not opt.reload),
+    "datacenter_set",  # follows --datacenter
+)
+"""Config fields a running process keeps until restarted (SIGHUP logs a change)."""
 
 
 class _Parser(argparse.ArgumentParser):
