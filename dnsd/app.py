@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import ipaddress
 import logging
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,10 +18,11 @@ from dnsd.config import RESTART_ONLY, Config
 from dnsd.errors import DnsdError, StateFileError
 from dnsd.forward import Forwarder
 from dnsd.handler import Handler
+from dnsd.listen import Listener, format_hostport, listen
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.ratelimit import RateLimiter
-from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpSocket
+from dnsd.server import Tasks, TcpLimits
 from dnsd.signals import STOP as STOP_SIGNALS
 from dnsd.signals import PendingSignals
 from dnsd.sources.base import Source, SourceState
@@ -38,23 +37,11 @@ SHUTDOWN_GRACE = 2.0
 SOURCE_RESTART_DELAY = 1.0
 
 
-def format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 @dataclass
 class SourceStatus:
     state: SourceState = SourceState.SYNCING
     reason: str = ""
     has_data: bool = False  # a view (live or restored from --state-dir) is being served
-
-
-@dataclass
-class Listener:
-    host: str
-    port: int
-    udp: UdpSocket
-    tcp: asyncio.AbstractServer
 
 
 @dataclass
@@ -219,42 +206,10 @@ class App:
 
     async def _bind_all(self) -> None:
         for host, port in self.config.listen:
-            listener = await self._bind(host, port)
+            listener = await listen(host, port, self.handler.handle, self.tasks,
+                                    self.tcp_limits, reuse_port=self.config.workers > 1)
             self.listeners.append(listener)
             log.info("listening on %s (udp, tcp)", format_hostport(listener.host, listener.port))
-
-    async def _bind(self, host: str, port: int) -> Listener:
-        """UDP and TCP on the same address and port; port 0 picks one free for both."""
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        attempts = 20 if port == 0 else 1
-        for attempt in range(attempts):
-            udp_sock = _socket(family, socket.SOCK_DGRAM, self.config.workers > 1)
-            try:
-                udp_sock.bind((host, port))
-            except OSError as exc:
-                udp_sock.close()
-                raise OSError(exc.errno, f"cannot listen on udp "
-                              f"{format_hostport(host, port)}: {exc.strerror}") from None
-            bound = udp_sock.getsockname()[1]
-            tcp_sock = _socket(family, socket.SOCK_STREAM, self.config.workers > 1)
-            try:
-                tcp_sock.bind((host, bound))
-            except OSError as exc:
-                tcp_sock.close()
-                udp_sock.close()
-                if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
-                    continue
-                raise OSError(exc.errno, f"cannot listen on tcp "
-                              f"{format_hostport(host, bound)}: {exc.strerror}") from None
-            tcp_sock.listen(1024)
-            udp = UdpSocket(udp_sock, self.handler.handle, self.tasks,
-                            pktinfo=ipaddress.ip_address(host).is_unspecified)
-            tcp = await loop.create_server(
-                lambda: TcpProtocol(self.handler.handle, self.tasks, self.tcp_limits),
-                sock=tcp_sock)
-            return Listener(host, bound, udp, tcp)
-        raise AssertionError("unreachable")
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration and the services files.
@@ -344,8 +299,7 @@ class App:
         """Close listeners, let in-flight replies finish briefly, then cancel the rest."""
         log.info("shutting down")
         for listener in self.listeners:
-            listener.udp.close()
-            listener.tcp.close()
+            listener.close()
         await self.tasks.drain(SHUTDOWN_GRACE)
         for task in self._source_tasks:
             task.cancel()
@@ -363,21 +317,3 @@ def zone_settings(cfg: Config) -> ZoneSettings:
                          if not ipaddress.ip_address(host).is_unspecified)
     return ZoneSettings(domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
                         only_passing=cfg.only_passing, ns_addresses=ns_addresses)
-
-
-def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:
-    sock = socket.socket(family, kind)
-    try:
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            # [::]:53 serves IPv6 only, so 0.0.0.0:53 can be listed beside it.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-

@@ -18,11 +18,11 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 
 from dnsd.config import Config
+from dnsd.listen import pick_ports
 from dnsd.signals import HANDLED, PendingSignals
 
 log = logging.getLogger("dnsd.workers")
@@ -32,22 +32,7 @@ RESTART_BACKOFF = 1.0
 
 def resolve_ports(config: Config) -> Config:
     """Replace port 0 listen addresses with a port free for both UDP and TCP."""
-    listen = []
-    for host, port in config.listen:
-        if port == 0:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            for _ in range(20):
-                with socket.socket(family, socket.SOCK_DGRAM) as udp, \
-                        socket.socket(family, socket.SOCK_STREAM) as tcp:
-                    udp.bind((host, 0))
-                    port = udp.getsockname()[1]
-                    try:
-                        tcp.bind((host, port))
-                    except OSError:
-                        continue
-                    break
-        listen.append((host, port))
-    return dataclasses.replace(config, listen=tuple(listen))
+    return dataclasses.replace(config, listen=pick_ports(config.listen))
 
 
 def supervise(config: Config,
