@@ -11,18 +11,17 @@ which rotates and fits them. Imports: ``model``, ``names``, ``records``,
 from __future__ import annotations
 
 import struct
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dnsd import records as rr
 from dnsd.model import AddressKind, Health, Instance
 from dnsd.names import ZoneName, hex_address, parse_reverse, parse_zone_name, split_zone
+from dnsd.replycache import ANSWERS_BYTES, ENTRY_OVERHEAD, ReplyCache
 from dnsd.table import Snapshot
 from dnsd.wire import MAX_UDP, NOERROR, NXDOMAIN, Query, opt_record, reply_flags
 
 CLASS_ANY = 255
-MAX_CACHED = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +69,13 @@ class AnswerSet:
                          tuple(self.extras[i] for i in keep) if self.extras else (),
                          self.additional if rtype == b"\x00\x02" else (), self.pick_one)
 
+    @property
+    def size(self) -> int:
+        """Bytes held, for the answer cache's bound."""
+        return (ENTRY_OVERHEAD + sum(map(len, self.answers)) + sum(map(len, self.authority))
+                + sum(len(r) for group in self.extras for r in group)
+                + sum(map(len, self.additional)))
+
     def next_turn(self) -> int:
         """The rotation offset for the next reply: each record leads in turn."""
         turn = self._turn
@@ -88,15 +94,19 @@ def _dedupe(items: Sequence[bytes]) -> tuple[bytes, ...]:
     return tuple(dict.fromkeys(items))
 
 
+NOT_OURS = AnswerSet(rcode=-1)
+"""Cached for a name outside dnsd's zones (lookup returns None for it)."""
+
+
 class Answerer:
     """Builds and caches in-zone answers. One per process; call on the loop thread."""
 
-    def __init__(self, settings: ZoneSettings, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: ZoneSettings) -> None:
         self.settings = settings
-        self._now = now
         self._zones = tuple(tuple(d.encode("ascii").split(b".")) for d in settings.domains)
         self._version = -1
-        self._cache: dict[tuple[bytes, int], AnswerSet | None] = {}
+        self._cache: ReplyCache[tuple[bytes, int], AnswerSet] = ReplyCache(ANSWERS_BYTES)
+        self._soa: dict[tuple[str, bool], bytes] = {}  # (zone, owner is the qname) -> SOA
 
     def lookup(self, query: Query, snapshot: Snapshot) -> AnswerSet | None:
         """The answer for ``query``, or None when the name is not ours.
@@ -114,17 +124,29 @@ class Answerer:
         """
         if snapshot.version != self._version:
             self._cache.clear()
+            self._soa.clear()
             self._version = snapshot.version
         cache_key = (query.key, query.qtype)
-        try:
-            return self._cache[cache_key]
-        except KeyError:
-            pass
-        result = self._build(query, snapshot)
-        if len(self._cache) >= MAX_CACHED:  # a flood of random names: start over
-            self._cache.clear()
-        self._cache[cache_key] = result
-        return result
+        found = self._cache.get(cache_key)
+        if found is None:
+            found = self._build(query, snapshot) or NOT_OURS
+            self._cache.put(cache_key, found)
+        return None if found is NOT_OURS else found
+
+    def soa(self, zone: str, at_qname: bool, snapshot: Snapshot) -> bytes:
+        """The zone's SOA record, built once per table version.
+
+        Its serial is the time the table was built, so it changes when the
+        table does and only then (two negative answers a second apart carry
+        the same serial). ``at_qname``: owned by the question's name (the
+        apex asked SOA), else by the zone's name (negative answers)."""
+        key = (zone, at_qname)
+        record = self._soa.get(key)
+        if record is None:
+            owner = rr.QNAME_POINTER if at_qname else rr.name(zone)
+            record = rr.soa(owner, zone, int(snapshot.built_at), self.settings.negative_ttl)
+            self._soa[key] = record
+        return record
 
     # --- building ---------------------------------------------------------
 
@@ -138,7 +160,7 @@ class Answerer:
         index, relative = found
         zone = self.settings.domains[index]
         parsed = parse_zone_name(relative, zone)
-        builder = _Builder(self.settings, zone, query.qtype, snapshot, int(self._now()))
+        builder = _Builder(self, zone, query.qtype, snapshot)
         return builder.build(parsed)
 
     def _reverse(self, labels: list[bytes], snapshot: Snapshot) -> AnswerSet | None:
@@ -157,18 +179,17 @@ class Answerer:
 class _Builder:
     """Builds one AnswerSet; a throwaway object so the helpers share context."""
 
-    def __init__(self, settings: ZoneSettings, zone: str, qtype: int, snapshot: Snapshot,
-                 now: int) -> None:
-        self.s = settings
+    def __init__(self, answerer: Answerer, zone: str, qtype: int, snapshot: Snapshot) -> None:
+        self.answerer = answerer
+        self.s = answerer.settings
         self.zone = zone
         self.qtype = qtype
         self.snapshot = snapshot
-        self.now = now
-        self.ttl = settings.ttl
+        self.ttl = self.s.ttl
 
     # the two negative outcomes, both with the SOA in authority (RFC 2308 3)
     def soa(self) -> bytes:
-        return rr.soa(rr.name(self.zone), self.zone, self.now, self.s.negative_ttl)
+        return self.answerer.soa(self.zone, False, self.snapshot)
 
     def nxdomain(self) -> AnswerSet:
         return AnswerSet(NXDOMAIN, authority=(self.soa(),))
@@ -205,7 +226,7 @@ class _Builder:
         answers: list[bytes] = []
         additional: list[bytes] = []
         if self.wants(rr.T_SOA):
-            answers.append(rr.soa(rr.QNAME_POINTER, self.zone, self.now, self.s.negative_ttl))
+            answers.append(self.answerer.soa(self.zone, True, self.snapshot))
         if self.wants(rr.T_NS):
             answers.append(rr.ns(rr.QNAME_POINTER, self.ttl, f"ns.{self.zone}"))
             glue = rr.name(f"ns.{self.zone}")

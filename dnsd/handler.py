@@ -4,9 +4,10 @@ or SERVFAIL when anything unexpected happens.
 
 Transport-neutral: the server's protocol classes call :meth:`Handler.handle` and
 send what it returns. Holds the hot path's caches of rendered replies (keyed by
-the query's bytes after the ID). Forwarding plugs in through the ``Forwarder``
-protocol below. Imports: ``answer``, ``records``, ``ratelimit``, ``stats``,
-``table``, ``wire``.
+the query's bytes after the ID; see ``replycache`` for every cache layer).
+Forwarding plugs in through the ``Forwarder`` protocol below. Imports:
+``answer``, ``records``, ``ratelimit``, ``replycache``, ``stats``, ``table``,
+``wire``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,20 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from dnsd import records as rr
 from dnsd.answer import CLASS_ANY, Answerer, AnswerSet, render
 from dnsd.ratelimit import RateLimiter, Verdict
+from dnsd.replycache import (
+    CLIENTS_BYTES,
+    ENTRY_OVERHEAD,
+    FORWARDED_BYTES,
+    MAX_KEY,
+    RENDERED_BYTES,
+    ReplyCache,
+)
 from dnsd.stats import QueryStats
 from dnsd.table import Table
 from dnsd.wire import (
@@ -56,11 +65,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Reply = bytes | None
 
 MAX_ROTATIONS = 64      # answers with more records are rendered per query instead
-MAX_CACHED_REPLIES = 20_000
+KEY_LIMIT = MAX_KEY + 2  # the longest query (ID included) whose bytes key a cached reply
 
 
 class CachedReply:
-    """Every rotation of one in-zone reply, rendered, without its 2-byte ID.
+    """One in-zone reply without its 2-byte ID, one entry per rotation.
 
     The hot path: a query whose bytes after the ID were seen before under the
     same snapshot is answered by prepending its ID to the next rotation, with
@@ -68,24 +77,35 @@ class CachedReply:
     EDNS size and options, so the rendered reply is exactly what the slow path
     would build. The rotation counter is the answer set's, shared by every
     spelling of the question (EDNS cookies, 0x20 case), so clients that vary
-    their bytes still see the records rotate. ``hits`` are folded into the
-    query statistics when they are read, not per query.
+    their bytes still see the records rotate. A rotation is rendered when it is
+    first served, not all up front: a spelling asked once costs one render.
+    ``size`` counts every rotation, so the cache's byte bound holds however
+    many get rendered. ``hits`` are folded into the query statistics when they
+    are read, not per query.
     """
 
-    __slots__ = ("answer", "hits", "qtype", "rcode", "renders")
+    __slots__ = ("_render", "answer", "hits", "qtype", "rcode", "renders", "size")
 
-    def __init__(self, qtype: int, rcode: int, renders: list[bytes], answer: AnswerSet) -> None:
+    def __init__(self, qtype: int, rcode: int, answer: AnswerSet, turns: int, first: int,
+                 rendered: bytes, render: Callable[[int], bytes], key_size: int) -> None:
         self.qtype = qtype
         self.rcode = rcode
-        self.renders = renders
         self.answer = answer
+        self.renders: list[bytes | None] = [None] * turns
+        self.renders[first] = rendered
+        self._render = render
+        self.size = ENTRY_OVERHEAD + key_size + turns * (len(rendered) + 8)
         self.hits = 0
 
     def next(self) -> bytes:
         renders = self.renders
         if len(renders) == 1:
-            return renders[0]
-        return renders[self.answer.next_turn() % len(renders)]
+            return renders[0]  # type: ignore[return-value]  # the first one is rendered
+        turn = self.answer.next_turn() % len(renders)
+        reply = renders[turn]
+        if reply is None:
+            reply = renders[turn] = self._render(turn)
+        return reply
 
 
 class ForwardedReply:
@@ -93,14 +113,25 @@ class ForwardedReply:
     of the clock: TTLs count down in whole seconds, so within that second the
     same bytes are the right answer and the forwarder need not render again."""
 
-    __slots__ = ("hits", "qtype", "rcode", "second", "tail")
+    __slots__ = ("hits", "qtype", "rcode", "second", "size", "tail")
 
-    def __init__(self, second: int, tail: bytes, qtype: int) -> None:
+    def __init__(self, second: int, tail: bytes, qtype: int, key_size: int) -> None:
         self.second = second
         self.tail = tail
         self.qtype = qtype
         self.rcode = tail[1] & 0xF
         self.hits = 0
+        self.size = ENTRY_OVERHEAD + key_size + len(tail)
+
+
+class _Allowed:
+    """Whether one client may recurse, cached (``size`` for the cache's bound)."""
+
+    __slots__ = ("allowed",)
+    size = ENTRY_OVERHEAD
+
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
 
 
 class Forwarder(Protocol):
@@ -134,12 +165,13 @@ class Handler:
         self.timed = timed or log_queries
         self._plain = not self.timed
         self.rate_limiter = rate_limiter
-        self._allowed_cache: dict[str, bool] = {}
+        self._allowed_cache: ReplyCache[str, _Allowed] = ReplyCache(CLIENTS_BYTES)
         self._replies_version = -1
-        self._replies: tuple[dict[bytes, CachedReply], dict[bytes, CachedReply]] = ({}, {})
-        self._forwarded: tuple[dict[bytes, ForwardedReply], dict[bytes, ForwardedReply]] = (
-            {}, {})
-        self._seen: set[bytes] = set()  # query bytes answered once, by the slow path
+        self._replies: tuple[ReplyCache[bytes, CachedReply], ReplyCache[bytes, CachedReply]] = (
+            ReplyCache(RENDERED_BYTES), ReplyCache(RENDERED_BYTES))
+        self._forwarded: tuple[ReplyCache[bytes, ForwardedReply],
+                               ReplyCache[bytes, ForwardedReply]] = (
+            ReplyCache(FORWARDED_BYTES), ReplyCache(FORWARDED_BYTES))
 
     def flush_stats(self) -> None:
         """Fold the hot path's per-reply hit counts into ``stats`` (before a read)."""
@@ -205,20 +237,24 @@ class Handler:
         if version != self._replies_version:
             self._drop_replies()
             self._replies_version = version
-        key = wire[2:]
-        cached = self._replies[over_tcp].get(key)
         reply: bytes | None = None
-        if cached is not None:
-            cached.hits += 1
-            if self._plain:  # the hottest path: nothing to log or time
-                return wire[:2] + cached.next()
-            reply = wire[:2] + cached.next()
-        else:
-            fwd = self._forwarded[over_tcp].get(key)
-            if (fwd is not None and fwd.second == int(time.monotonic())
-                    and self.recursion_allowed(client)):
-                fwd.hits += 1
-                reply = wire[:2] + fwd.tail
+        if len(wire) <= KEY_LIMIT:
+            key = wire[2:]
+            replies = self._replies[over_tcp]
+            cached = replies.young.get(key)
+            if cached is None and replies.old:
+                cached = replies.get(key)
+            if cached is not None:
+                cached.hits += 1
+                if self._plain:  # the hottest path: nothing to log or time
+                    return wire[:2] + cached.next()
+                reply = wire[:2] + cached.next()
+            else:
+                fwd = self._forwarded[over_tcp].get(key)
+                if (fwd is not None and fwd.second == int(time.monotonic())
+                        and self.recursion_allowed(client)):
+                    fwd.hits += 1
+                    reply = wire[:2] + fwd.tail
         if reply is not None:
             if self.log_queries:
                 return self._finish(parse_query(wire), reply, client, over_tcp, started)
@@ -271,33 +307,28 @@ class Handler:
                 return self._chase(self.forwarder, query, answer, limit, ra)
             cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
             turns = len(answer.answers)
-            key = query.wire[2:]
-            if turns > MAX_ROTATIONS or key not in self._seen:
-                # Render every rotation only for bytes seen twice: a resolver
-                # that randomises case (0x20) or a cookie-per-query client
-                # never repeats them, and must not flush the hot entries.
-                if len(self._seen) >= MAX_CACHED_REPLIES:
-                    self._seen.clear()
-                self._seen.add(key)
+            if turns > MAX_ROTATIONS or len(query.wire) > KEY_LIMIT:
                 return render(query, answer, limit=limit, answer_cap=cap, ra=ra)
-            renders = [render(query, answer, limit=limit, answer_cap=cap, ra=ra, turn=t)[2:]
-                       for t in range(max(turns, 1))]
-            cached = CachedReply(query.qtype, answer.rcode, renders, answer)
-            replies = self._replies[over_tcp]
-            if len(replies) >= MAX_CACHED_REPLIES:  # random names: start over
-                self._drop_replies()
-            replies[key] = cached
-            return query.wire[:2] + cached.next()
+            first = answer.next_turn() if turns > 1 else 0
+
+            def render_turn(turn: int, query: Query = query, answer: AnswerSet = answer,
+                            limit: int = limit, cap: int = cap) -> bytes:
+                return render(query, answer, limit=limit, answer_cap=cap, ra=ra, turn=turn)[2:]
+
+            key = query.wire[2:]
+            rendered = render_turn(first)
+            self._replies[over_tcp].put(key, CachedReply(
+                query.qtype, answer.rcode, answer, max(turns, 1), first, rendered, render_turn,
+                len(key)))
+            return query.wire[:2] + rendered
         if self.forwarder is not None and self.recursion_allowed(client):
             hit = self.forwarder.cached(query, over_tcp)
             if hit is None:
                 return self.forwarder.forward(query, over_tcp)
-            forwarded = self._forwarded[over_tcp]
-            if len(forwarded) >= MAX_CACHED_REPLIES:
-                self.flush_stats()
-                forwarded.clear()
-            forwarded[query.wire[2:]] = ForwardedReply(int(time.monotonic()), hit[2:],
-                                                       query.qtype)
+            if len(query.wire) <= KEY_LIMIT:
+                key = query.wire[2:]
+                self._forwarded[over_tcp].put(key, ForwardedReply(
+                    int(time.monotonic()), hit[2:], query.qtype, len(key)))
             return hit
         return error_reply(query.wire, REFUSED, query, ra=ra)
 
@@ -314,19 +345,17 @@ class Handler:
         return render(query, full, limit=limit, ra=ra, turn=0)
 
     def recursion_allowed(self, client: str) -> bool:
-        allowed = self._allowed_cache.get(client)
-        if allowed is None:
+        known = self._allowed_cache.get(client)
+        if known is None:
             try:
                 ip = ipaddress.ip_address(client.split("%")[0])
             except ValueError:
                 return False
             if ip.version == 6 and ip.ipv4_mapped is not None:
                 ip = ip.ipv4_mapped
-            allowed = any(ip in net for net in self.allow)
-            if len(self._allowed_cache) > 10_000:
-                self._allowed_cache.clear()
-            self._allowed_cache[client] = allowed
-        return allowed
+            known = _Allowed(any(ip in net for net in self.allow))
+            self._allowed_cache.put(client, known)
+        return known.allowed
 
     async def _finish_later(self, query: Query | None, pending: Awaitable[Reply], client: str,
                             over_tcp: bool, started: float) -> Reply:

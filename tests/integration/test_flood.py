@@ -119,3 +119,34 @@ def test_client_that_never_reads_does_not_grow_memory() -> None:
         assert after - before < 30_000, (before, after, pushed)
         assert len(proc.query("web.service.consul", "A", tcp=True).answer[0]) == 3
         sock.close()
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def test_padded_queries_do_not_grow_memory() -> None:
+    """Queries padded with 60 KB of trailing bytes, each sent twice over one TCP
+    connection: their bytes must not become cache keys (they used to: about
+    120 KB kept per query, 2.5 GB from one client in 17 s)."""
+    with DnsdProcess(["--static", str(SERVICES)]) as proc:
+        base = dns.message.make_query("web.service.consul", "A").to_wire()
+        sock = socket.create_connection((proc.host, proc.port), timeout=10)
+        before = _rss_kb(proc.proc.pid)
+        for n in range(600):
+            wire = base + n.to_bytes(2, "big") * 30_000
+            for _ in range(2):
+                sock.sendall(struct.pack("!H", len(wire)) + wire)
+                (length,) = struct.unpack("!H", _recv_exactly(sock, 2))
+                reply = dns.message.from_wire(_recv_exactly(sock, length))
+                assert len(reply.answer[0]) == 3
+        after = _rss_kb(proc.proc.pid)
+        sock.close()
+        print(f"RSS before {before} kB, after 1,200 padded queries {after} kB")
+        assert after - before < 30_000, (before, after)

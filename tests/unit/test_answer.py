@@ -98,3 +98,12 @@ def test_alt_domain_and_datacenter_from_registry() -> None:
     got = _ask(answerer, table, "web.service.alt", "SRV")
     assert got.answer[0][0].target.to_text() == "0a000001.addr.east.alt."
     assert _ask(answerer, table, "web.service.dc1.consul").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_soa_serial_is_the_table_build_time_and_only_changes_with_it() -> None:
+    table = _table(Instance("web", "n1", "dc1", address="10.0.0.1"))
+    answerer = Answerer(ZoneSettings())
+    serials = {_ask(answerer, table, f"nope{n}.service.consul").authority[0][0].serial
+               for n in range(3)}
+    serials.add(_ask(answerer, table, "consul", "SOA").answer[0][0].serial)
+    assert serials == {int(table.snapshot.built_at)}
