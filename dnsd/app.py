@@ -22,7 +22,7 @@ from dnsd.listen import Listener, format_hostport, listen
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.ratelimit import RateLimiter
-from dnsd.server import Tasks, TcpLimits
+from dnsd.server import Tasks, TcpLimits, connection_cap
 from dnsd.signals import STOP as STOP_SIGNALS
 from dnsd.signals import PendingSignals
 from dnsd.sources.base import Source, SourceState
@@ -61,7 +61,8 @@ class App:
         fixed = cfg.datacenter_set or cfg.consul is None
         self.table = Table(cfg.datacenter, datacenter_fixed=fixed)
         self.tasks = Tasks()
-        self.tcp_limits = TcpLimits()
+        # Raises the open-files limit where allowed; never more connections than fit.
+        self.tcp_limits = TcpLimits(max_connections=connection_cap())
         self.static_sources = [StaticSource(path, cfg.node_name, cfg.datacenter)
                                for path in cfg.static]
         self.sources: list[Source] = [*self.static_sources, *self._registry_sources()]

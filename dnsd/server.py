@@ -8,7 +8,9 @@ Imports: ``handler`` (for its type) only.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import resource
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -42,16 +44,76 @@ class Tasks:
                 await asyncio.gather(*pending, return_exceptions=True)
 
 
+FD_RESERVE = 256  # descriptors kept for everything but TCP clients (upstreams, files)
+
+
+def connection_cap(wanted: int = 1024, reserve: int = FD_RESERVE) -> int:
+    """How many TCP connections this process can hold: ``wanted``, or fewer when
+    the open-files limit would not leave ``reserve`` descriptors for the rest
+    (forwarding, registries, files), after raising the soft limit to the hard
+    one where allowed. Without the reserve, a full set of idle client
+    connections makes every forwarded query fail with EMFILE."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = wanted + reserve
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            if new > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+                soft = new
+    except (OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - reserve))
+
+
+def client_key(address: str) -> str:
+    """Whose connection this is, for the per-client cap: the address, or for
+    IPv6 its /64 (one host can hold a whole /64 of addresses)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address)
+    return str(ip)
+
+
 class TcpLimits:
-    """Bounds that keep one TCP client from holding more than its share."""
+    """Bounds that keep one TCP client from holding more than its share: a cap on
+    connections in all and per client, an idle timeout, queries in flight per
+    connection, and bytes buffered for a client that does not read."""
 
     def __init__(self, max_connections: int = 1024, idle_timeout: float = 10.0,
-                 max_in_flight: int = 32, max_buffered: int = 256 * 1024) -> None:
+                 max_in_flight: int = 32, max_buffered: int = 256 * 1024,
+                 per_client: int | None = None) -> None:
         self.max_connections = max_connections
+        self.per_client = per_client if per_client is not None else max(8, max_connections // 16)
         self.idle_timeout = idle_timeout
         self.max_in_flight = max_in_flight
         self.max_buffered = max_buffered
         self.open = 0
+        self.by_client: dict[str, int] = {}
+
+    def admit(self, client: str) -> bool:
+        """Count a new connection from ``client`` in, if the caps allow it."""
+        held = self.by_client.get(client, 0)
+        if self.open >= self.max_connections or held >= self.per_client:
+            return False
+        self.open += 1
+        self.by_client[client] = held + 1
+        return True
+
+    def release(self, client: str) -> None:
+        self.open -= 1
+        held = self.by_client.get(client, 1) - 1
+        if held > 0:
+            self.by_client[client] = held
+        else:
+            self.by_client.pop(client, None)
 
 
 class TcpProtocol(asyncio.Protocol):
@@ -71,26 +133,27 @@ class TcpProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.idle: asyncio.TimerHandle | None = None
-        self.counted = False
+        self.counted = ""  # the client key this connection is counted under
         self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self.limits.open >= self.limits.max_connections:
-            log.debug("tcp connection cap reached; closing a new connection")
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self.limits.open += 1
-        self.counted = True
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
+        key = client_key(self.client)
+        if not self.limits.admit(key):
+            log.debug("tcp connection cap reached (%d open, %d from %s); closing a new "
+                      "connection", self.limits.open, self.limits.by_client.get(key, 0), key)
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.counted = key
         transport.set_write_buffer_limits(high=self.limits.max_buffered)  # type: ignore[attr-defined]
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:
-            self.limits.open -= 1
-            self.counted = False
+            self.limits.release(self.counted)
+            self.counted = ""
         if self.idle is not None:
             self.idle.cancel()
         self.transport = None
@@ -102,10 +165,17 @@ class TcpProtocol(asyncio.Protocol):
         self.idle = loop.call_later(self.limits.idle_timeout, self._idle_out)
 
     def _idle_out(self) -> None:
-        if self.transport is not None and self.in_flight == 0:
-            self.transport.close()
-        elif self.transport is not None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self.in_flight:
             self._arm_idle()
+        elif self.writing_paused or transport.get_write_buffer_size():
+            # The client is not reading its replies: close() would wait for it
+            # to, holding the connection and its buffers for as long as it likes.
+            transport.abort()
+        else:
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

@@ -16,7 +16,7 @@ import dns.message
 import pytest
 
 from tests.conftest import SERVICES
-from tests.dnsd_process import DnsdProcess
+from tests.dnsd_process import DnsdProcess, wait_until
 
 
 def _rss_kb(pid: int) -> int:
@@ -150,3 +150,57 @@ def test_padded_queries_do_not_grow_memory() -> None:
         sock.close()
         print(f"RSS before {before} kB, after 1,200 padded queries {after} kB")
         assert after - before < 30_000, (before, after)
+
+
+def _reset(sock: socket.socket) -> bool:
+    """True once the server has dropped this connection."""
+    try:
+        sock.send(b"\x00")
+    except OSError:
+        return True
+    return False
+
+
+def test_connections_that_never_read_are_dropped_after_the_idle_timeout() -> None:
+    """Clients that pipeline queries and never read their replies: once idle
+    (they cannot send more: the server stopped reading them), the server drops
+    them rather than waiting forever to flush (they used to stay open)."""
+    with DnsdProcess(["--static", str(SERVICES)]) as proc:
+        query = dns.message.make_query("web.service.consul", "SRV").to_wire()
+        frame = struct.pack("!H", len(query)) + query
+        socks = []
+        for _ in range(20):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((proc.host, proc.port))
+            sock.setblocking(False)
+            socks.append(sock)
+        for sock in socks:  # fill both directions until the server stops reading
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(10_000):
+                    sock.send(frame * 50)
+        took = wait_until(lambda: all(_reset(s) for s in socks), timeout=60, interval=0.2)
+        print(f"20 non-reading connections dropped {took:.1f} s after they stalled")
+        assert len(proc.query("web.service.consul", "A", tcp=True).answer[0]) == 3
+        for sock in socks:
+            sock.close()
+
+
+def test_one_client_cannot_take_every_tcp_slot() -> None:
+    with DnsdProcess(["--static", str(SERVICES)]) as proc:
+        held = []
+        for _ in range(200):
+            held.append(socket.create_connection((proc.host, proc.port), timeout=5))
+        wait_until(lambda: sum(_reset(s) for s in held) >= 100, interval=0.1)
+        # Another client (127.0.0.2 is loopback too) still gets in.
+        other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        other.bind(("127.0.0.2", 0))
+        other.settimeout(5)
+        other.connect((proc.host, proc.port))
+        query = dns.message.make_query("web.service.consul", "A").to_wire()
+        other.sendall(struct.pack("!H", len(query)) + query)
+        (length,) = struct.unpack("!H", _recv_exactly(other, 2))
+        assert len(dns.message.from_wire(_recv_exactly(other, length)).answer[0]) == 3
+        other.close()
+        for sock in held:
+            sock.close()

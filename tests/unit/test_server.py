@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Awaitable
 from typing import Any
 
@@ -24,6 +26,10 @@ class FakeTransport(asyncio.Transport):
         self.aborted = False
         self.paused = False
         self.limits: dict[str, int] = {}
+        self.buffered = 0  # bytes the "kernel" has not taken yet
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
@@ -116,6 +122,50 @@ async def test_tcp_connection_cap_and_idle_timeout() -> None:
     first.connection_lost(None)
     second.connection_lost(None)
     assert limits.open == 0
+
+
+async def test_idle_connection_whose_client_does_not_read_is_aborted() -> None:
+    """close() would wait to flush replies the client never reads: abort."""
+    limits = TcpLimits(idle_timeout=0.05)
+    proto = TcpProtocol(echo, Tasks(), limits)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(struct.pack("!H", 1) + b"x")
+    transport.buffered = 300_000
+    proto.pause_writing()
+    await asyncio.sleep(0.1)
+    assert transport.aborted and not transport.closed
+    proto.connection_lost(None)
+    assert limits.open == 0
+
+
+async def test_per_client_connection_cap() -> None:
+    limits = TcpLimits(max_connections=100, per_client=2)
+    protos = [TcpProtocol(echo, Tasks(), limits) for _ in range(4)]
+    transports = [FakeTransport(("192.0.2.1", 1000 + n)) for n in range(3)]
+    transports.append(FakeTransport(("192.0.2.2", 1000)))
+    for proto, transport in zip(protos, transports, strict=True):
+        proto.connection_made(transport)
+    assert [t.aborted for t in transports] == [False, False, True, False]
+    protos[0].connection_lost(None)
+    again = TcpProtocol(echo, Tasks(), limits)
+    again.connection_made(FakeTransport(("192.0.2.1", 2000)))  # a slot is free again
+    assert limits.by_client == {"192.0.2.1": 2, "192.0.2.2": 1} and limits.open == 3
+
+
+@pytest.mark.parametrize(("soft", "hard", "cap", "raised"), [
+    (1024, 1024, 1024 - 256, 1024),   # the hard limit stops it: fewer connections
+    (1024, 4096, 1024, 1024 + 256),   # the soft limit is raised to fit
+])
+def test_connection_cap_leaves_descriptors_for_the_rest(soft: int, hard: int, cap: int,
+                                                        raised: int) -> None:
+    # In a child process: lowering a hard limit cannot be undone without root.
+    code = ("import resource; from dnsd.server import connection_cap; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+            "print(connection_cap(1024), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(cap), str(raised)]
 
 
 async def test_tcp_client_that_does_not_read_is_not_read_either() -> None:
