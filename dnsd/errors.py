@@ -8,8 +8,19 @@ edge turns anything else into SERVFAIL.
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped: a message naming bad input
+    (a name ending in a newline, say) must still be one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class DnsdError(Exception):
     """A dnsd error whose message is fit to show a user as one line."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class ConfigError(DnsdError):

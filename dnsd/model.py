@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 # A DNS label as Consul and registrator names use it: letters, digits, hyphen and
 # underscore (registrator writes ``service_1``), 1 to 63 octets, no edge hyphen.
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+# fullmatch: "$" would also match before a final newline ("web\n").
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 class Health(enum.Enum):
@@ -92,7 +93,7 @@ class AddressKind(enum.Enum):
 
 def is_label(text: str) -> bool:
     """True when ``text`` is one DNS label under dnsd's rules (underscores allowed)."""
-    return bool(_LABEL.match(text))
+    return bool(_LABEL.fullmatch(text))
 
 
 def is_hostname(text: str) -> bool:
@@ -103,8 +104,19 @@ def is_hostname(text: str) -> bool:
     return all(is_label(part) for part in name.split("."))
 
 
+def is_host_address(text: str) -> bool:
+    """True when ``text`` can be an external service's host name: a dotted name
+    (at least two labels) whose last label is not all digits, so that
+    ``10.0.0.400`` or ``1.2.3`` (a mistyped IP address) is never taken for a
+    host name (RFC 3696 2: a top-level domain is not all-numeric)."""
+    name = text[:-1] if text.endswith(".") else text
+    return (is_hostname(name) and "." in name
+            and not name.rsplit(".", 1)[1].isdigit())
+
+
 def classify_address(text: str) -> tuple[AddressKind, str]:
-    """Classify and normalise an address: an IP in canonical form, or a hostname.
+    """Classify and normalise an address: an IP in canonical form, or a host name
+    (see :func:`is_host_address`).
 
     Raises ``ValueError`` naming the problem when it is neither.
     """
@@ -113,9 +125,10 @@ def classify_address(text: str) -> tuple[AddressKind, str]:
     try:
         ip = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
-        if is_hostname(text):
+        if is_host_address(text):
             return AddressKind.HOSTNAME, text.rstrip(".").lower()
-        raise ValueError(f"{text!r} is neither an IP address nor a host name") from None
+        raise ValueError(f"{text!r} is neither an IP address nor a host name (one with "
+                         "a dot, not ending in a number)") from None
     if ip.version == 4:
         return AddressKind.IPV4, str(ip)
     mapped = ip.ipv4_mapped
