@@ -300,8 +300,10 @@ class App:
         """Close listeners, let in-flight replies finish briefly, then cancel the rest."""
         log.info("shutting down")
         for listener in self.listeners:
+            listener.stop()
+        await self.tasks.drain(SHUTDOWN_GRACE)  # replies in flight still go out
+        for listener in self.listeners:
             listener.close()
-        await self.tasks.drain(SHUTDOWN_GRACE)
         for task in self._source_tasks:
             task.cancel()
         await asyncio.gather(*self._source_tasks, return_exceptions=True)

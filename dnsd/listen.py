@@ -36,6 +36,11 @@ class Listener:
     udp: UdpSocket
     tcp: asyncio.AbstractServer
 
+    def stop(self) -> None:
+        """Take no new queries or connections; replies in flight may still go out."""
+        self.udp.stop_reading()
+        self.tcp.close()
+
     def close(self) -> None:
         self.udp.close()
         self.tcp.close()

@@ -282,6 +282,7 @@ class UdpSocket:
         self.v6 = sock.family == socket.AF_INET6
         self.loop = asyncio.get_running_loop()
         self.closed = False
+        self.reading_stopped = False
         if pktinfo:
             if self.v6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
@@ -291,10 +292,16 @@ class UdpSocket:
         else:
             self.loop.add_reader(sock.fileno(), self._readable)
 
+    def stop_reading(self) -> None:
+        """Take no more queries; replies still in flight can be sent."""
+        if not self.reading_stopped:
+            self.reading_stopped = True
+            self.loop.remove_reader(self.sock.fileno())
+
     def close(self) -> None:
         if not self.closed:
+            self.stop_reading()
             self.closed = True
-            self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
 
     def _readable(self) -> None:

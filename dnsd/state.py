@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -28,8 +30,10 @@ from dnsd.model import Health, Instance, Node, View
 log = logging.getLogger("dnsd.state")
 
 FILE_NAME = "table.json"
+TEMP_PREFIX = ".table."
 FORMAT = "dnsd-table"
 VERSION = 1
+MAX_BYTES = 512 * 1024 * 1024  # about 1.5 million instances; a bigger file is not ours
 
 
 def state_path(state_dir: str) -> str:
@@ -68,7 +72,7 @@ def save_views(state_dir: str, views: Mapping[str, View]) -> None:
     """Write ``views`` to ``state_dir/table.json`` atomically. Raises ``OSError``."""
     os.makedirs(state_dir, exist_ok=True)
     payload = encode_views(views)
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".table.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=TEMP_PREFIX, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -143,6 +147,8 @@ def decode_views(payload: bytes) -> dict[str, View]:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not a dnsd table (nested too deeply)") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"not a dnsd table (no format marker {FORMAT!r})")
     if data.get("version") != VERSION:
@@ -175,16 +181,39 @@ def load_views(state_dir: str) -> dict[str, View]:
     """
     path = state_path(state_dir)
     try:
-        with open(path, "rb") as fh:
-            payload = fh.read()
+        # O_NONBLOCK: a FIFO put there must not hang the start; only a regular
+        # file of sane size is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateFileError(f"{path}: not a regular file; ignoring it")
+        if info.st_size > MAX_BYTES:
+            raise StateFileError(f"{path}: larger than {MAX_BYTES // 2**20} MiB; ignoring it")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            payload = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    try:
         return decode_views(payload)
     except ValueError as exc:
         raise StateFileError(f"{path}: {exc}; ignoring it") from None
+
+
+def remove_orphans(state_dir: str) -> None:
+    """Remove temporary files a write cut short (a kill -9 mid-save) left behind.
+
+    Only the process that saves calls this, before its first save."""
+    for orphan in glob.glob(os.path.join(glob.escape(state_dir), f"{TEMP_PREFIX}*.tmp")):
+        with contextlib.suppress(OSError):
+            os.unlink(orphan)
+            log.info("removed %s, left by an interrupted save", orphan)
 
 
 # --- the debounced saver ---------------------------------------------------------
@@ -201,6 +230,7 @@ class StateSaver:
 
     def __init__(self, state_dir: str, get_views: Callable[[], Mapping[str, View]],
                  delay: float = 0.5) -> None:
+        remove_orphans(state_dir)
         self.state_dir = state_dir
         self.get_views = get_views
         self.delay = delay

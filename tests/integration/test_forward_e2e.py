@@ -4,6 +4,8 @@ asked by dnspython and by ``dig``, the way users run it."""
 from __future__ import annotations
 
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import dns.rdatatype
 import pytest
 
 from tests.conftest import SERVICES
-from tests.dnsd_process import DnsdProcess
+from tests.dnsd_process import DnsdProcess, wait_until
 from tests.upstreams import Dnsmasq, ScriptedUpstream
 
 
@@ -140,3 +142,19 @@ def test_external_service_cname_is_chased_through_the_upstream(tmp_path: Path) -
         reply = proc.query("gone.service.consul", "A")
         assert reply.rcode() == dns.rcode.NOERROR
         assert [r.rdtype for r in reply.answer] == [dns.rdatatype.CNAME]
+
+
+def test_a_reply_in_flight_at_sigterm_is_still_sent() -> None:
+    """SIGTERM while a forwarded UDP query waits on its upstream: the listener
+    stops taking queries, but the reply in flight goes out (within the grace)."""
+    with ScriptedUpstream(["slow.test. 60 IN A 10.0.0.8"], delay=0.5) as up, \
+            DnsdProcess(["--upstream", up.spec]) as proc, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        query = dns.message.make_query("slow.test.", "A")
+        sock.settimeout(10)
+        sock.sendto(query.to_wire(), (proc.host, proc.port))
+        wait_until(lambda: up.count(qname="slow.test") == 1)
+        proc.signal(signal.SIGTERM)
+        reply = dns.message.from_wire(sock.recv(4096))
+        assert reply.id == query.id and addresses(reply) == ["10.0.0.8"]
+        assert proc.proc.wait(30) == 0

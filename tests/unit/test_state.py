@@ -143,3 +143,28 @@ async def test_saver_write_failure_is_logged_not_raised(tmp_path: Path,
     assert saver.saves == 0
     warnings = [r for r in caplog.records if r.name == "dnsd.state"]
     assert len(warnings) == 1  # the same error once, not per attempt
+
+
+def test_deeply_nested_json_is_a_corrupt_file(tmp_path: Path) -> None:
+    _write(tmp_path, b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(StateFileError, match="nested too deeply"):
+        load_views(str(tmp_path))
+
+
+def test_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / FILE_NAME)
+    with pytest.raises(StateFileError, match="not a regular file"):
+        load_views(str(tmp_path))
+
+
+def test_a_device_is_refused(tmp_path: Path) -> None:
+    os.symlink("/dev/zero", tmp_path / FILE_NAME)
+    with pytest.raises(StateFileError, match="not a regular file"):
+        load_views(str(tmp_path))
+
+
+async def test_temporary_files_of_an_interrupted_save_are_removed(tmp_path: Path) -> None:
+    (tmp_path / ".table.abc123.tmp").write_bytes(b"half a table")
+    (tmp_path / "other.tmp").write_bytes(b"not ours")
+    StateSaver(str(tmp_path), lambda: VIEWS)
+    assert sorted(os.listdir(tmp_path)) == ["other.tmp"]
