@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dnsd import logs
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import RESTART_ONLY, Config
 from dnsd.errors import DnsdError, StateFileError
@@ -99,6 +100,8 @@ class App:
         return sources
 
     def _forwarder(self) -> Forwarder | None:
+        if self.config.no_forward:
+            return None
         forwarder = Forwarder(self.config)
         return forwarder if forwarder.enabled else None
 
@@ -238,7 +241,7 @@ class App:
         for name in RESTART_ONLY:
             if getattr(new, name) != getattr(old, name):
                 log.warning("SIGHUP: %s changed; restart dnsd to apply it", name)
-        logging.getLogger().setLevel(getattr(logging, new.log_level.upper()))
+        logs.apply_levels(new.log_level, new.query_log)
         if new.static != old.static:
             keep = {s.path: s for s in self.static_sources}
             fresh = []

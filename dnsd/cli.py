@@ -23,8 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # is starting is kept for the app (a graceful stop, a reload), never the
     # default action that kills the process.
     pending = PendingSignals().install()
-    import logging
-
+    from dnsd import logs
     from dnsd.config import load_config
     from dnsd.errors import DnsdError
 
@@ -34,16 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DnsdError as exc:
         print(f"dnsd: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(config.log_level, config.log_format, query_log=config.query_log)
     if config.workers > 1:
         from dnsd.workers import supervise
 
-        return supervise(config, lambda cfg, index, signals: run_worker(cfg, index, args,
-                                                                          signals))
+        logs.set_worker("supervisor")
+
+        def worker(cfg: Config, index: int, signals: PendingSignals) -> int:
+            logs.set_worker(f"worker {index}")
+            return run_worker(cfg, index, args, signals)
+
+        return supervise(config, worker)
     return run_worker(config, 0, args, pending)
 
 

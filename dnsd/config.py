@@ -10,11 +10,13 @@ the bad option; it never exits (only ``cli`` does). Imports: ``errors``, ``model
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
+import json
 import os
 import socket
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -64,6 +66,8 @@ class Config:
     state_dir: str | None = None
     metrics: HostPort | None = None
     log_level: str = "info"
+    log_format: str = "text"
+    no_forward: bool = False
     config_file: str | None = None
 
     @property
@@ -216,6 +220,12 @@ def _level(text: str) -> str:
     return level
 
 
+def _log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise ValueError(f"{text!r} is not text or json")
+    return text
+
+
 def _policy(text: str) -> str:
     if text not in ("sequential", "random"):
         raise ValueError(f"{text!r} is not sequential or random")
@@ -248,59 +258,73 @@ class Option:
     flag: bool = False            # boolean switch
     env: Sequence[str] = ()       # extra environment names after DNSD_<NAME>
     reload: bool = False          # SIGHUP applies a change; otherwise it needs a restart
+    group: str = ""               # the --help section it is listed in
 
     @property
     def key(self) -> str:
         return self.name.replace("-", "_")
 
 
+_ZONE, _SOURCES, _FORWARDING, _ANSWERS, _OPERATIONS = (
+    "Listening and zone", "Sources", "Forwarding", "Answers", "Operations")
+
 OPTIONS: tuple[Option, ...] = (
     Option("listen", _listen, "UDP and TCP listen address; IPv6 as [::1]:PORT (default "
-           "127.0.0.1:8600)", "ADDR:PORT", repeat=True),
-    Option("domain", _domain, "the zone dnsd answers (default consul)", "NAME"),
-    Option("alt-domain", _domain, "a second zone answered the same way", "NAME"),
+           "127.0.0.1:8600)", "ADDR:PORT", repeat=True, group=_ZONE),
+    Option("domain", _domain, "the zone dnsd answers (default consul)", "NAME", group=_ZONE),
+    Option("alt-domain", _domain, "a second zone answered the same way", "NAME",
+           group=_ZONE),
     Option("datacenter", _label, "the local datacenter, used when a name omits it "
-           "(default dc1, or the Consul agent's)", "NAME"),
+           "(default dc1, or the Consul agent's)", "NAME", group=_ZONE),
     Option("node-name", _node_name, "this node's name; static services default to it "
-           "(default: host name)", "NAME"),
+           "(default: host name)", "NAME", group=_ZONE),
     Option("static", _path, "services file (TOML or JSON), re-read when it changes",
-           "FILE", repeat=True, reload=True),
-    Option("consul", _url, "Consul HTTP API to watch, e.g. http://127.0.0.1:8500", "URL"),
+           "FILE", repeat=True, reload=True, group=_SOURCES),
+    Option("consul", _url, "Consul HTTP API to watch, e.g. http://127.0.0.1:8500 "
+           "(also CONSUL_HTTP_ADDR)", "URL", env=("CONSUL_HTTP_ADDR",), group=_SOURCES),
     Option("consul-token", _text, "Consul ACL token (also CONSUL_HTTP_TOKEN)", "TOKEN",
-           env=("CONSUL_HTTP_TOKEN",)),
+           env=("CONSUL_HTTP_TOKEN",), group=_SOURCES),
     Option("consul-ca", _path, "CA bundle for an https Consul (also CONSUL_CACERT)", "FILE",
-           env=("CONSUL_CACERT",)),
+           env=("CONSUL_CACERT",), group=_SOURCES),
     Option("consul-datacenters", _label, "remote datacenters also watched (comma list)",
-           "LIST", repeat=True),
+           "LIST", repeat=True, group=_SOURCES),
     Option("zookeeper", _zookeeper, "ZooKeeper ensemble and registrator base path, e.g. "
-           "zk1:2181,zk2:2181/services", "HOSTS/PATH"),
+           "zk1:2181,zk2:2181/services", "HOSTS/PATH", group=_SOURCES),
     Option("zookeeper-datacenter", _label, "datacenter of ZooKeeper instances "
-           "(default --datacenter)", "NAME"),
+           "(default --datacenter)", "NAME", group=_SOURCES),
     Option("upstream", _upstream, "where other names go (default: nameservers of "
-           "/etc/resolv.conf)", "ADDR[:PORT]", repeat=True),
+           "/etc/resolv.conf)", "ADDR[:PORT]", repeat=True, group=_FORWARDING),
     Option("upstream-for", _upstream_for, "per-domain upstream, like dnsmasq "
-           "server=/dom/addr", "DOMAIN=ADDR[:PORT]", repeat=True),
+           "server=/dom/addr", "DOMAIN=ADDR[:PORT]", repeat=True, group=_FORWARDING),
     Option("upstream-policy", _policy, "order of upstream tries: sequential (default) "
-           "or random", "POLICY"),
-    Option("ttl", _nonneg_int(2**31 - 1), "TTL of service and node answers (default 0)",
-           "SECONDS", reload=True),
-    Option("negative-ttl", _nonneg_int(2**31 - 1), "SOA minimum: TTL of NXDOMAIN/NODATA "
-           "answers (default 0)", "SECONDS", reload=True),
-    Option("udp-answer-limit", _nonneg_int(65535), "cap on answers to non-EDNS UDP queries "
-           "(default 0: no cap)", "N", reload=True),
+           "or random", "POLICY", group=_FORWARDING),
     Option("allow-recursion", _cidr, "clients whose out-of-zone names are forwarded "
-           "(default loopback and private ranges)", "CIDR", repeat=True, reload=True),
-    Option("workers", _workers, "processes sharing the port (default 1)", "N"),
-    Option("rate-limit", _rate, "per-client UDP response rate limit (default off)", "QPS",
-           reload=True),
-    Option("query-log", _text, "log one line per query", flag=True, reload=True),
+           "(default loopback and private ranges)", "CIDR", repeat=True, reload=True,
+           group=_FORWARDING),
+    Option("no-forward", _text, "answer only dnsd's zones: other names get REFUSED",
+           flag=True, group=_FORWARDING),
+    Option("ttl", _nonneg_int(2**31 - 1), "TTL of service and node answers (default 0)",
+           "SECONDS", reload=True, group=_ANSWERS),
+    Option("negative-ttl", _nonneg_int(2**31 - 1), "SOA minimum: TTL of NXDOMAIN/NODATA "
+           "answers (default 0)", "SECONDS", reload=True, group=_ANSWERS),
+    Option("udp-answer-limit", _nonneg_int(65535), "cap on answers to non-EDNS UDP queries "
+           "(default 0: no cap)", "N", reload=True, group=_ANSWERS),
     Option("only-passing", _text, "leave out instances whose checks are warning", flag=True,
-           reload=True),
+           reload=True, group=_ANSWERS),
+    Option("workers", _workers, "processes sharing the port (default 1)", "N",
+           group=_OPERATIONS),
+    Option("rate-limit", _rate, "per-client UDP response rate limit (default off)", "QPS",
+           reload=True, group=_OPERATIONS),
+    Option("query-log", _text, "log one line per query", flag=True, reload=True,
+           group=_OPERATIONS),
     Option("state-dir", _path, "where the last good table is saved and loaded at start",
-           "DIR"),
-    Option("metrics", _listen, "serve /metrics, /health and /ready over HTTP", "ADDR:PORT"),
+           "DIR", group=_OPERATIONS),
+    Option("metrics", _listen, "serve /metrics, /health, /ready, /v1/table and a status "
+           "page over HTTP", "ADDR:PORT", group=_OPERATIONS),
     Option("log-level", _level, "debug, info, warning or error (default info)", "LEVEL",
-           reload=True),
+           reload=True, group=_OPERATIONS),
+    Option("log-format", _log_format, "text, or json: one object a line with UTC times "
+           "(default text)", "FORMAT", group=_OPERATIONS),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}
@@ -312,28 +336,63 @@ RESTART_ONLY: tuple[str, ...] = (
 """Config fields a running process keeps until restarted (SIGHUP logs a change)."""
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would print usage and exit
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        if unknown and unknown[0].startswith("--"):
+            flag = unknown[0].split("=", 1)[0]
+            names = [f"--{opt.name}" for opt in OPTIONS] + ["--config", "--version"]
+            raise ConfigError(f"{flag}: unknown option{did_you_mean(flag, names)}")
         raise ConfigError(message)
+
+
+EXAMPLES = """\
+examples:
+  dnsd --static services.toml                   serve a services file on 127.0.0.1:8600
+  dnsd --consul http://127.0.0.1:8500 --listen 127.0.0.1:53 --listen 172.17.0.1:53
+  dnsd --zookeeper zk1:2181,zk2:2181/services --upstream 10.0.0.2
+  dnsd check --config /etc/dnsd/dnsd.toml      validate, then exit 0 or 2
+  dnsd table --metrics 127.0.0.1:9153           what a running dnsd serves
+
+Every option is also a TOML (or JSON) key in --config (same name, '_' for '-') and
+an environment variable DNSD_<NAME>; the config file may also be named by
+DNSD_CONFIG. Repeatable options take a list in the file and a comma-separated list
+in the environment. Precedence: flag > environment > file > default.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dnsd",
+        usage="dnsd [check] [--config FILE] [options]",
         description="DNS server for service lookup: answers <name>.service[.<dc>].<domain> "
                     "from memory, fed by Consul, ZooKeeper and static files; forwards the rest.",
-        epilog="Every option is also a TOML key (same name, '_' for '-') and an environment "
-               "variable DNSD_<NAME>. Precedence: flag > environment > file > default.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # --consul-d must not silently mean --consul-datacenters
     )
-    parser.add_argument("--version", action="version", version=f"dnsd {__version__}")
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML configuration file")
+    parser.add_argument("-V", "--version", action="version", version=f"dnsd {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="configuration file: TOML, or JSON when named *.json")
+    groups: dict[str, Any] = {}
     for opt in OPTIONS:
-        if opt.flag:
-            parser.add_argument(f"--{opt.name}", action="store_true", help=opt.help)
+        group = groups.get(opt.group)
+        if group is None:
+            group = groups[opt.group] = parser.add_argument_group(opt.group.lower())
+        help_text = opt.help + ("; repeatable" if opt.repeat else "")
+        if opt.flag:  # --query-log, or --query-log=yes/no as the environment allows
+            group.add_argument(f"--{opt.name}", nargs="?", const="true", metavar="BOOL",
+                               help=help_text)
         else:
-            parser.add_argument(f"--{opt.name}", metavar=opt.metavar, help=opt.help,
-                                action="append" if opt.repeat else "store")
+            group.add_argument(f"--{opt.name}", metavar=opt.metavar, help=help_text,
+                               action="append" if opt.repeat else "store")
     return parser
 
 
@@ -375,18 +434,53 @@ def _convert(opt: Option, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def _read_file(path: str) -> dict[str, Any]:
+    """A configuration file: JSON when it is named ``*.json``, else TOML."""
+    kind = "JSON" if path.lower().endswith(".json") else "TOML"
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
+        data = json.loads(raw) if kind == "JSON" else tomllib.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a table of settings")
     for key in data:
         if key not in _BY_KEY:
-            raise ConfigError(f"{path}: unknown key {key!r}")
+            raise ConfigError(f"{path}: unknown key {key!r}{did_you_mean(key, _BY_KEY)}")
     return data
+
+
+# Environment variables that are dnsd's but not options.
+_OTHER_ENV = frozenset({"DNSD_CONFIG"})
+
+
+def _check_environment(env: Mapping[str, str]) -> None:
+    """A misspelt ``DNSD_*`` variable is an error, as an unknown file key is:
+    silently ignoring it would run with a setting the user did not ask for."""
+    known = {f"DNSD_{key.upper()}" for key in _BY_KEY} | _OTHER_ENV
+    for name in env:
+        if name.startswith("DNSD_") and name not in known:
+            raise ConfigError(f"{name}: unknown setting{did_you_mean(name, known)}")
+
+
+def _check_effects(values: Mapping[str, Any]) -> None:
+    """Options that would do nothing as given are errors, not silence."""
+    if values.get("consul_datacenters") and not values.get("consul"):
+        raise ConfigError("--consul-datacenters: has no effect without --consul")
+    if values.get("zookeeper_datacenter") and not values.get("zookeeper"):
+        raise ConfigError("--zookeeper-datacenter: has no effect without --zookeeper")
+    domain = values.get("domain", "consul")
+    alt = values.get("alt_domain")
+    for forwarded, _addr in values.get("upstream_for", ()):
+        for zone in (domain, alt):
+            if zone and (forwarded == zone or forwarded.endswith("." + zone)):
+                raise ConfigError(f"--upstream-for: {forwarded} is inside dnsd's own zone "
+                                  f"{zone}, which is never forwarded")
+    if values.get("no_forward") and (values.get("upstream") or values.get("upstream_for")):
+        raise ConfigError("--no-forward: conflicts with --upstream and --upstream-for")
 
 
 def default_node_name() -> str:
@@ -398,8 +492,9 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
     """Parse argv (without the program name), the environment and the config file."""
     env = os.environ if environ is None else environ
     ns = vars(build_parser().parse_args(list(argv)))
+    _check_environment(env)
     config_file = ns.pop("config", None) or env.get("DNSD_CONFIG") or None
-    file_values = _read_toml(config_file) if config_file else {}
+    file_values = _read_file(config_file) if config_file else {}
 
     values: dict[str, Any] = {}
     for opt in OPTIONS:
@@ -425,4 +520,5 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
     values["config_file"] = config_file
     if values.get("alt_domain") and values.get("alt_domain") == values.get("domain", "consul"):
         raise ConfigError("--alt-domain: must differ from --domain")
+    _check_effects(values)
     return Config(**values)

@@ -51,7 +51,8 @@ def test_repeatable_options_from_flags_env_and_file(tmp_path: Path) -> None:
     config = load_config([], environ={"DNSD_UPSTREAM": "10.0.0.1, 10.0.0.2:5353"})
     assert config.upstream == (("10.0.0.1", 53), ("10.0.0.2", 5353))
     path = tmp_path / "c.toml"
-    path.write_text('upstream_for = ["corp.example=10.1.1.1"]\nconsul_datacenters = "dc2,dc3"\n')
+    path.write_text('upstream_for = ["corp.example=10.1.1.1"]\nconsul_datacenters = "dc2,dc3"\n'
+                    'consul = "http://127.0.0.1:8500"\n')
     config = load_config(["--config", str(path)], environ={})
     assert config.upstream_for == (("corp.example", ("10.1.1.1", 53)),)
     assert config.consul_datacenters == ("dc2", "dc3")
@@ -90,3 +91,59 @@ def test_errors_name_the_option(tmp_path: Path, argv: list[str], env: dict[str, 
     with pytest.raises(ConfigError) as info:
         load_config(argv, environ=env)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["--consul-d", "dc2"], {}, "--consul-d: unknown option"),
+    (["--tll", "5"], {}, "--tll: unknown option (did you mean --ttl?)"),
+    ([], {"DNSD_TLL": "5"}, "DNSD_TLL: unknown setting (did you mean DNSD_TTL?)"),
+    (["--consul-datacenters", "dc2"], {}, "has no effect without --consul"),
+    (["--zookeeper-datacenter", "dc2"], {}, "has no effect without --zookeeper"),
+    (["--upstream-for", "web.service.consul=10.0.0.1"], {}, "inside dnsd's own zone consul"),
+    (["--alt-domain", "alt", "--upstream-for", "alt=10.0.0.1"], {}, "own zone alt"),
+    (["--no-forward", "--upstream", "10.0.0.1"], {}, "--no-forward: conflicts"),
+    (["--query-log=maybe"], {}, "--query-log: 'maybe' is not true or false"),
+    (["--log-format", "xml"], {}, "--log-format: 'xml' is not text or json"),
+])
+def test_mistakes_are_named_with_a_suggestion(argv: list[str], env: dict[str, str],
+                                              message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, environ=env)
+    assert message in str(info.value)
+
+
+def test_flags_take_an_optional_value_as_the_environment_does() -> None:
+    assert load_config(["--query-log"], environ={}).query_log
+    assert load_config(["--query-log=yes"], environ={}).query_log
+    assert not load_config(["--query-log=no"], environ={"DNSD_QUERY_LOG": "1"}).query_log
+
+
+def test_json_config_file_and_its_unknown_keys(tmp_path: Path) -> None:
+    path = tmp_path / "dnsd.json"
+    path.write_text('{"ttl": 5, "listen": ["127.0.0.1:53"], "only_passing": true}')
+    config = load_config(["--config", str(path)], environ={})
+    assert config.ttl == 5 and config.listen == (("127.0.0.1", 53),) and config.only_passing
+    path.write_text('{"tll": 5}')
+    with pytest.raises(ConfigError, match=r"unknown key 'tll' \(did you mean ttl\?\)"):
+        load_config(["--config", str(path)], environ={})
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a table"):
+        load_config(["--config", str(path)], environ={})
+
+
+def test_config_file_named_by_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "dnsd.toml"
+    path.write_text("ttl = 7\n")
+    assert load_config([], environ={"DNSD_CONFIG": str(path)}).ttl == 7
+
+
+def test_consul_address_from_consul_env() -> None:
+    config = load_config([], environ={"CONSUL_HTTP_ADDR": "10.0.0.5:8500"})
+    assert config.consul == "http://10.0.0.5:8500"
+    config = load_config([], environ={"CONSUL_HTTP_ADDR": "https://consul.example:8501",
+                                      "DNSD_CONSUL": "http://127.0.0.1:8500"})
+    assert config.consul == "http://127.0.0.1:8500"
+
+
+def test_no_forward_turns_forwarding_off() -> None:
+    assert load_config(["--no-forward"], environ={}).no_forward
