@@ -19,7 +19,7 @@ from dnsd.config import RESTART_ONLY, Config
 from dnsd.errors import DnsdError, StateFileError
 from dnsd.forward import Forwarder
 from dnsd.handler import Handler
-from dnsd.listen import Listener, format_hostport, listen
+from dnsd.listen import Listener, bind_error, bind_pair, format_hostport, listen
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.ratelimit import RateLimiter
@@ -79,6 +79,7 @@ class App:
                                rate_limiter=RateLimiter(cfg.rate_limit) if cfg.rate_limit
                                else None)
         self.metrics: MetricsServer | None = None
+        self.metrics_address: tuple[str, int] = ("", 0)
         self.saver: StateSaver | None = None
         self.state_error = ""
         self._source_tasks: list[asyncio.Task[None]] = []
@@ -183,13 +184,32 @@ class App:
             self.table.subscribe(saver.notify)
 
     async def start(self) -> None:
+        """Read the services files, restore the saved table, bind every socket,
+        then say where dnsd serves and start the sources. A bad file or an
+        address that cannot be bound raises a one-line DnsdError before any
+        line says dnsd is serving, and leaves nothing open."""
         self.load_static()
         self.restore_state()  # before binding: the first answers already use it
-        await self._bind_all()
-        if self.config.metrics is not None and self.worker == 0:
-            self.metrics = MetricsServer(self.metrics_inputs())
-            host, port = await self.metrics.start(*self.config.metrics)
+        try:
+            await self._bind_all()
+        except BaseException:
+            for listener in self.listeners:
+                listener.close()
+            self.listeners.clear()
+            if self.metrics is not None:
+                await self.metrics.close()
+            raise
+        for listener in self.listeners:
+            log.info("listening on %s (udp, tcp)%s",
+                     format_hostport(listener.host, listener.port),
+                     " (IPv6 only: add --listen 0.0.0.0:PORT for IPv4)"
+                     if listener.host == "::" else "")
+        if self.metrics is not None:
+            host, port = self.metrics_address
             log.info("metrics on http://%s/metrics", format_hostport(host, port))
+        if not self.sources:
+            log.warning("no source (--static, --consul, --zookeeper): every service name "
+                        "is NXDOMAIN; dnsd only forwards")
         if self.forwarder is not None:
             await self.forwarder.start()
         for source in self.sources:
@@ -209,11 +229,27 @@ class App:
                 await asyncio.sleep(SOURCE_RESTART_DELAY)
 
     async def _bind_all(self) -> None:
-        for host, port in self.config.listen:
-            listener = await listen(host, port, self.handler.handle, self.tasks,
-                                    self.tcp_limits, reuse_port=self.config.workers > 1)
-            self.listeners.append(listener)
-            log.info("listening on %s (udp, tcp)", format_hostport(listener.host, listener.port))
+        """Bind every DNS address, then the metrics one; raise ListenError if one fails."""
+        pairs = []
+        try:
+            for host, port in self.config.listen:
+                pairs.append(bind_pair(host, port, reuse_port=self.config.workers > 1))
+        except BaseException:
+            for udp, tcp in pairs:
+                udp.close()
+                tcp.close()
+            raise
+        for (host, _), pair in zip(self.config.listen, pairs, strict=True):
+            self.listeners.append(await listen(
+                host, 0, self.handler.handle, self.tasks, self.tcp_limits, bound=pair))
+        if self.config.metrics is not None and self.worker == 0:
+            self.metrics = MetricsServer(self.metrics_inputs())
+            host, port = self.config.metrics
+            try:
+                self.metrics_address = await self.metrics.start(host, port)
+            except OSError as exc:
+                self.metrics = None
+                raise bind_error("--metrics", host, port, exc) from None
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration and the services files.

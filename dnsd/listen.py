@@ -16,6 +16,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dnsd.errors import DnsdError
 from dnsd.server import HandleFn, Tasks, TcpLimits, TcpProtocol, UdpSocket
 
 HostPort = tuple[str, int]
@@ -25,6 +26,22 @@ TCP_BACKLOG = 1024
 
 def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ListenError(DnsdError):
+    """An address dnsd was told to listen on cannot be bound."""
+
+
+def bind_error(option: str, host: str, port: int, exc: OSError) -> ListenError:
+    """One line naming the option, the address and why, with the usual remedy."""
+    why = exc.strerror or str(exc)
+    hint = ""
+    if exc.errno == errno.EACCES and 0 < port < 1024:
+        hint = ("; ports below 1024 need root or the CAP_NET_BIND_SERVICE capability "
+                "(systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE)")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = "; no interface of this host has that address"
+    return ListenError(f"{option} {format_hostport(host, port)}: cannot listen: {why}{hint}")
 
 
 @dataclass
@@ -67,7 +84,7 @@ def bind_pair(host: str, port: int, *, reuse_port: bool = False
               ) -> tuple[socket.socket, socket.socket]:
     """A bound UDP socket and a bound TCP socket (not yet listening) on one port.
 
-    Raises ``OSError`` whose message names the protocol and address."""
+    Raises :class:`ListenError` naming ``--listen``, the address and why."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     attempts = PORT_ATTEMPTS if port == 0 else 1
     for attempt in range(attempts):
@@ -76,8 +93,7 @@ def bind_pair(host: str, port: int, *, reuse_port: bool = False
             udp.bind((host, port))
         except OSError as exc:
             udp.close()
-            raise OSError(exc.errno, f"cannot listen on udp "
-                          f"{format_hostport(host, port)}: {exc.strerror}") from None
+            raise bind_error("--listen", host, port, exc) from None
         bound = udp.getsockname()[1]
         tcp = _socket(family, socket.SOCK_STREAM, reuse_port)
         try:
@@ -87,8 +103,7 @@ def bind_pair(host: str, port: int, *, reuse_port: bool = False
             udp.close()
             if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
                 continue
-            raise OSError(exc.errno, f"cannot listen on tcp "
-                          f"{format_hostport(host, bound)}: {exc.strerror}") from None
+            raise bind_error("--listen", host, bound, exc) from None
         return udp, tcp
     raise AssertionError("unreachable")
 
@@ -107,9 +122,11 @@ def pick_ports(listen: Sequence[HostPort]) -> tuple[HostPort, ...]:
 
 
 async def listen(host: str, port: int, handle: HandleFn, tasks: Tasks, limits: TcpLimits,
-                 *, reuse_port: bool = False) -> Listener:
-    """Serve DNS on ``host:port`` over UDP and TCP (port 0: one free port for both)."""
-    udp_sock, tcp_sock = bind_pair(host, port, reuse_port=reuse_port)
+                 *, reuse_port: bool = False,
+                 bound: tuple[socket.socket, socket.socket] | None = None) -> Listener:
+    """Serve DNS on ``host:port`` over UDP and TCP (port 0: one free port for both);
+    ``bound``: the pair :func:`bind_pair` already bound for it."""
+    udp_sock, tcp_sock = bound or bind_pair(host, port, reuse_port=reuse_port)
     try:
         tcp_sock.listen(TCP_BACKLOG)
         udp = UdpSocket(udp_sock, handle, tasks,

@@ -174,6 +174,7 @@ class MetricsServer:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on ``host:port``; raises ``OSError`` when it cannot."""
         self.server = await asyncio.start_server(self._serve, host, port)
         bound = self.server.sockets[0].getsockname()
         return bound[0], bound[1]

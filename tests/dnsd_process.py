@@ -151,10 +151,13 @@ def wait_until(check: Callable[[], object], timeout: float = 30.0,
 
 
 def run_cli(args: Sequence[str], env: dict[str, str] | None = None,
-            timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    """Run ``dnsd`` to completion (for --help, --version and bad input)."""
+            timeout: float = 20.0, prefix: Sequence[str] = ()
+            ) -> subprocess.CompletedProcess[str]:
+    """Run ``dnsd`` to completion (for --help, --version and bad input);
+    ``prefix`` runs it through another command (``setpriv ...``)."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "dnsd", *args], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+    return subprocess.run([*prefix, sys.executable, "-m", "dnsd", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

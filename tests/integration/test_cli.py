@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -197,8 +198,49 @@ def test_a_signal_while_starting_is_kept_not_fatal() -> None:
 def test_listen_conflict_is_one_line() -> None:
     with DnsdProcess(["--static", str(SERVICES)]) as first:
         result = run_cli(["--listen", f"127.0.0.1:{first.port}"])
-        assert result.returncode == 1
+        assert result.returncode == 2
         assert "cannot listen" in result.stderr and str(first.port) in result.stderr
+        assert result.stderr.count("\n") == 1 and "--listen" in result.stderr
+
+
+def test_metrics_port_in_use_fails_before_dnsd_says_it_serves() -> None:
+    with DnsdProcess(["--static", str(SERVICES)]) as first:
+        result = run_cli(["--static", str(SERVICES), "--listen", "127.0.0.1:0",
+                          "--metrics", f"127.0.0.1:{first.port}"])
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith(f"dnsd: error: --metrics 127.0.0.1:{first.port}: "
+                                    "cannot listen")
+        assert not any("listening on" in line for line in lines)
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as fh:
+            return int(fh.read())
+    except OSError:
+        return 1024
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "--inh-caps=-all", "--bounding-set=-all"]
+
+
+def _runs_as_nobody() -> bool:
+    """Root with setpriv, and a checkout that user 65534 can read."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    done = run_cli(["--version"], prefix=AS_NOBODY)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(_unprivileged_port_start() <= 53 or not _runs_as_nobody(),
+                    reason="needs a kernel that reserves port 53, and root with setpriv "
+                           "to run dnsd from this checkout as an unprivileged user")
+def test_port_53_without_the_capability_says_what_is_missing() -> None:
+    result = run_cli(["--listen", "127.0.0.1:53"], prefix=AS_NOBODY)
+    assert result.returncode == 2
+    assert "CAP_NET_BIND_SERVICE" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
