@@ -156,7 +156,8 @@ class App:
             forward_cache_entries=lambda: None if self.forwarder is None
             else len(self.forwarder.cache),
             source_counters=lambda: {s.name: dict(getattr(s, "counters", {}))
-                                     for s in self.sources if getattr(s, "counters", None)})
+                                     for s in self.sources if getattr(s, "counters", None)},
+            views=lambda: self.table.views)
 
     def restore_state(self) -> None:
         """``--state-dir``: serve the saved views of the registry sources until

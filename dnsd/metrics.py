@@ -1,22 +1,32 @@
-"""Operations endpoint: ``/metrics`` (Prometheus text), ``/health`` and ``/ready``.
+"""Operations endpoint: ``/metrics`` (Prometheus text), ``/health``, ``/ready``,
+``/v1/table`` (the table as JSON) and ``/`` (a status page of the same).
 
 Metrics are collected at scrape time from the plain counters the hot path keeps
 (``stats.QueryStats``, the forwarder's and sources' counters), through a
-collector on a registry of our own (no global registration). The HTTP server is
-a few lines of asyncio: three GET endpoints need no framework.
-Imports: prometheus-client, ``stats``, ``table``, ``sources.base``.
+collector on a registry of our own (no global registration), beside
+prometheus-client's process and platform collectors and ``dnsd_build_info``.
+The HTTP server is a few lines of asyncio: a handful of GET endpoints need no
+framework. Imports: prometheus-client, ``model``, ``stats``, ``table``,
+``tableview``, ``sources.base``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -25,9 +35,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from dnsd import __version__
+from dnsd.model import View
 from dnsd.sources.base import SourceState
 from dnsd.stats import LATENCY_BUCKETS, QueryStats
 from dnsd.table import Table
+from dnsd.tableview import table_html, table_json
 
 log = logging.getLogger("dnsd.metrics")
 
@@ -57,6 +70,7 @@ class MetricsInputs:
     forward_cache_entries: Callable[[], int | None] = lambda: None
     source_counters: Callable[[], Mapping[str, Mapping[str, int]]] = lambda: {}
     before_scrape: Callable[[], None] = lambda: None  # folds the hot path's counts in
+    views: Callable[[], Mapping[str, View]] = lambda: {}  # each source's last view
 
 
 class DnsdCollector(Collector):
@@ -65,6 +79,10 @@ class DnsdCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         self.inputs.before_scrape()
+        info = GaugeMetricFamily("dnsd_build_info", "dnsd's version and Python's; always 1",
+                                 labels=["version", "python"])
+        info.add_metric([__version__, platform.python_version()], 1.0)
+        yield info
         stats = self.inputs.stats
         replies = CounterMetricFamily("dnsd_responses", "Replies sent, by query type, "
                                       "rcode and transport", labels=["qtype", "rcode",
@@ -171,6 +189,8 @@ class MetricsServer:
         self.inputs = inputs
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DnsdCollector(inputs))
+        ProcessCollector(registry=self.registry)   # process_cpu_seconds_total, memory, fds
+        PlatformCollector(registry=self.registry)  # python_info
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -192,13 +212,21 @@ class MetricsServer:
                 self.registry)
         if path == "/health":
             return 200, "text/plain", b"ok\n"
+        if path in ("/", "/v1/table"):
+            ready, _ = self.inputs.ready()
+            data = table_json(self.inputs.table.snapshot, self.inputs.views(),
+                              self.inputs.statuses(), ready)
+            if path == "/":
+                return 200, "text/html; charset=utf-8", table_html(data).encode()
+            return 200, "application/json", json.dumps(data, indent=1).encode() + b"\n"
         if path == "/ready":
             ready, reason = self.inputs.ready()
             stale = [f"{name}: {s.reason or 'stale'}" for name, s in
                      sorted(self.inputs.statuses().items()) if s.state is SourceState.STALE]
             lines = [reason, *(f"stale {line}" for line in stale)]
             return (200 if ready else 503), "text/plain", ("\n".join(lines) + "\n").encode()
-        return 404, "text/plain", b"not found: try /metrics, /health or /ready\n"
+        return 404, "text/plain", (b"not found: try /, /v1/table, /metrics, /health "
+                                   b"or /ready\n")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
