@@ -485,7 +485,7 @@ class Resolution:
     datacenter: str                 # where the instances come from
     instances: tuple[Instance, ...]
     ttl: int | None                 # DNS.TTL seconds; None: the service TTL applies
-    failovers: int = 0              # remote datacenters tried, as Consul counts them
+    failovers: int = 0              # remote datacenters tried (of those the table holds)
 
 
 def _qualifies(inst: Instance, only_passing: bool, required: frozenset[str],
