@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.request
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import SERVICES
 from tests.dnsd_process import DnsdProcess
-from tests.upstreams import Dnsmasq, free_port
+from tests.upstreams import Dnsmasq, ScriptedUpstream, free_port
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -88,3 +89,37 @@ def test_upstream_metrics() -> None:
         assert _value(text, "dnsd_forward_cache_hits_total") == 2
         assert _value(text, 'dnsd_responses_total{qtype="A",rcode="NOERROR",'
                             'transport="udp"}') == 3
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "resolv-examples" / "grafana-dashboard.json"
+
+
+def _exported(text: str) -> set[str]:
+    """Every sample name /metrics can carry, from its TYPE lines."""
+    names: set[str] = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        names.add(name)
+        if kind == "counter":
+            names.update({name, f"{name}_total", f"{name}_created"})
+        if kind == "histogram":
+            names.update(f"{name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+    return names
+
+
+def test_grafana_dashboard_queries_only_metrics_dnsd_exports() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    used = {name for expr in exprs
+            for name in re.findall(r"\b((?:dnsd|process|python)_[a-z0-9_]+)\b", expr)}
+    assert len(used) > 15
+    port = free_port()
+    with ScriptedUpstream(["a.test. 60 IN A 10.0.0.1"]) as up, \
+            DnsdProcess(["--static", str(SERVICES), "--upstream", up.spec,
+                         "--consul", f"http://127.0.0.1:{free_port()}",
+                         "--metrics", f"127.0.0.1:{port}"]) as proc:
+        proc.query("a.test.", "A")
+        _, text = _get(f"http://127.0.0.1:{port}/metrics")
+    missing = used - _exported(text)
+    assert not missing, f"the dashboard queries metrics dnsd does not export: {missing}"
+    assert 'dnsd_build_info{python="' in text and "process_resident_memory_bytes" in text
