@@ -20,6 +20,7 @@ from dnsd.config import Config
 from dnsd.errors import DnsdError, StateFileError
 from dnsd.forward import Forwarder
 from dnsd.handler import Handler
+from dnsd.hostport import format_hostport
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.ratelimit import RateLimiter
@@ -34,10 +35,6 @@ log = logging.getLogger("dnsd")
 
 SHUTDOWN_GRACE = 2.0
 SOURCE_RESTART_DELAY = 1.0
-
-
-def format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass

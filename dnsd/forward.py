@@ -32,9 +32,10 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from dnsd.config import Config, HostPort
+from dnsd.config import Config
 from dnsd.errors import ConfigError
 from dnsd.forward_cache import Cache, CacheKey, CachePolicy, Entry, make_entry
+from dnsd.hostport import HostPort, format_hostport
 from dnsd.upstream import (
     ADDITIONAL,
     EDNS_SIZE,
@@ -111,8 +112,7 @@ class Upstream:
     probe: asyncio.Task[None] | None = None
 
     def __str__(self) -> str:
-        host, port = self.addr
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return format_hostport(*self.addr)
 
 
 def default_upstreams(resolv_conf: str, own: Sequence[tuple[str, int]]
@@ -246,10 +246,8 @@ class Forwarder:
         explicit = [*(config.upstream or ()), *(addr for _, addr in config.upstream_for)]
         for addr in explicit:
             if is_own(addr, own):
-                host, port = addr
-                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                raise ConfigError(f"upstream {shown} is dnsd's own listen address: "
-                                  "forwarding to it would loop")
+                raise ConfigError(f"upstream {format_hostport(*addr)} is dnsd's own listen "
+                                  "address: forwarding to it would loop")
         defaults = config.upstream
         if defaults is None:
             defaults = default_upstreams(_read_text(resolv_conf), own)
