@@ -19,9 +19,8 @@ from dnsd import records as rr
 from dnsd.model import AddressKind, Health, Instance
 from dnsd.names import ZoneName, hex_address, parse_reverse, parse_zone_name, split_zone
 from dnsd.table import Snapshot
-from dnsd.wire import MAX_UDP, NOERROR, NXDOMAIN, Query, opt_record, reply_flags
+from dnsd.wire import MAX_UDP, NOERROR, NXDOMAIN, T_ANY, Query, opt_record, reply_flags
 
-CLASS_ANY = 255
 MAX_CACHED = 50_000
 
 
@@ -132,7 +131,7 @@ class Answerer:
         labels = query.labels()
         found = split_zone(labels, self._zones)
         if found is None:
-            if query.qtype in (rr.T_PTR, rr.T_ANY):
+            if query.qtype in (rr.T_PTR, T_ANY):
                 return self._reverse(labels, snapshot)
             return None
         index, relative = found
@@ -177,7 +176,7 @@ class _Builder:
         return AnswerSet(NOERROR, authority=(self.soa(),))
 
     def wants(self, rtype: int) -> bool:
-        return self.qtype == rtype or self.qtype == rr.T_ANY
+        return self.qtype == rtype or self.qtype == T_ANY
 
     def build(self, parsed: ZoneName) -> AnswerSet:
         if parsed.kind == "apex":

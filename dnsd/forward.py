@@ -38,7 +38,6 @@ from dnsd.forward_cache import Cache, CacheKey, CachePolicy, Entry, make_entry
 from dnsd.hostport import HostPort, format_hostport
 from dnsd.upstream import (
     ADDITIONAL,
-    EDNS_SIZE,
     ExchangeError,
     Exchanger,
     Reply,
@@ -49,6 +48,8 @@ from dnsd.wire import (
     CD,
     FORMERR,
     HEADER,
+    MAX_TCP,
+    MAX_UDP,
     NOERROR,
     NXDOMAIN,
     REFUSED,
@@ -57,16 +58,15 @@ from dnsd.wire import (
     Malformed,
     Query,
     encode_name,
+    error_reply,
     name_text,
     opt_record,
     reply_flags,
     udp_limit,
 )
-from dnsd.wire import error_reply as wire_error_reply
 
 log = logging.getLogger("dnsd.forward")
 
-MAX_TCP = 65535
 T = TypeVar("T")
 PROBE_QUESTION = b"\x00" + struct.pack("!HH", 2, 1)  # ". NS IN": cheap, any answer will do
 
@@ -185,11 +185,6 @@ class Routes:
         return self.default
 
 
-def error_reply(query: Query, rcode: int) -> bytes:
-    """A reply carrying only ``rcode``, with RA: the client's ID and question."""
-    return wire_error_reply(query.wire, rcode, query, ra=True)
-
-
 def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> bytes:
     """The upstream reply re-addressed to ``query``'s client.
 
@@ -200,7 +195,7 @@ def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> by
     needed, RFC 2181 9), then whole records from the end, with TC set.
     """
     wire = reply.wire
-    opt = opt_record(EDNS_SIZE, query.edns.do) if query.edns is not None else b""
+    opt = opt_record(MAX_UDP, query.edns.do) if query.edns is not None else b""
     chunks: list[bytes] = []
     for rec, ttl in zip(reply.records, ttls, strict=True):
         chunks.append(wire[rec.start:rec.ttl_at] + struct.pack("!I", ttl)
@@ -319,11 +314,11 @@ class Forwarder:
         if self._in_own_zone(query.key):
             log.error("refusing to forward %s: it is in dnsd's own zone", query.text())
             self.stats.refused += 1
-            return error_reply(query, REFUSED)
+            return error_reply(query, REFUSED, ra=True)
         upstreams = self.routes.lookup(query.key)
         if not upstreams:
             self.stats.refused += 1
-            return error_reply(query, REFUSED)
+            return error_reply(query, REFUSED, ra=True)
         hit = self.cached(query, over_tcp)
         if hit is not None:
             return hit
@@ -355,7 +350,7 @@ class Forwarder:
         if stale is not None:
             return stale
         self.stats.servfail += 1
-        return error_reply(query, SERVFAIL)
+        return error_reply(query, SERVFAIL, ra=True)
 
     def _stale(self, query: Query, key: CacheKey, limit: int) -> bytes | None:
         now = self.now()

@@ -13,15 +13,13 @@ import struct
 from dnslib import AAAA, CNAME, NS, PTR, RD, SOA, SRV, A, DNSRecord
 from dnslib.label import DNSBuffer
 
-from dnsd.wire import encode_name
+from dnsd.wire import CLASS_IN, encode_name
 
 # The question name always starts at offset 12 (RFC 1035 4.1.4 pointer), and it
 # is echoed exactly as received, so an owner equal to the question can point there.
 QNAME_POINTER = b"\xc0\x0c"
-CLASS_IN = 1
-
 T_A, T_NS, T_CNAME, T_SOA, T_PTR = 1, 2, 5, 6, 12
-T_AAAA, T_SRV, T_ANY = 28, 33, 255
+T_AAAA, T_SRV = 28, 33
 
 
 class _FlatBuffer(DNSBuffer):  # type: ignore[misc]

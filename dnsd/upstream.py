@@ -9,7 +9,7 @@ so a spoofed or stray datagram costs nothing but a glance.
 
 Reading is hand-written and bounds-checked (like ``wire``): only the record
 headers are needed, and a reply that does not parse is treated as no reply.
-Imports: ``wire`` and the stdlib only.
+Imports: ``records`` (type numbers), ``wire`` and the stdlib.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from dnsd.wire import CD, HEADER, QR, RD, TC, TYPE_OPT, Malformed, skip_name
-
-TYPE_SOA = 6
-EDNS_SIZE = 1232          # what we advertise upstream (DNS flag day 2020)
+from dnsd.records import T_SOA
+from dnsd.wire import CD, HEADER, MAX_UDP, QR, RD, TC, TYPE_OPT, Malformed, skip_name
 
 ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
 
@@ -116,7 +114,7 @@ def read_reply(wire: bytes) -> Reply:
             if opt_seen:
                 continue  # see the class docstring: never move a record
             soa_minimum = None
-            if rtype == TYPE_SOA:
+            if rtype == T_SOA:
                 if rdlength < 22:
                     raise Malformed("SOA record too short")
                 (soa_minimum,) = struct.unpack_from("!I", wire, pos - 4)
@@ -129,12 +127,12 @@ def read_reply(wire: bytes) -> Reply:
 def build_query(ident: int, question: bytes, *, do: bool, cd: bool, edns: bool = True
                 ) -> bytes:
     """The query we send upstream: RD set (we want recursion done for us), the
-    client's CD bit, and an OPT advertising :data:`EDNS_SIZE` with the client's DO."""
+    client's CD bit, and an OPT advertising ``MAX_UDP`` with the client's DO."""
     flags = RD | (CD if cd else 0)
     header = HEADER.pack(ident, flags, 1, 0, 0, 1 if edns else 0)
     if not edns:
         return header + question
-    opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_SIZE, 0x8000 if do else 0, 0)
+    opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, MAX_UDP, 0x8000 if do else 0, 0)
     return header + question + opt
 
 

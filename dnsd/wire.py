@@ -21,10 +21,16 @@ AD = 0x0020
 CD = 0x0010
 
 OPCODE_QUERY = 0
-TYPE_OPT = 41
-MAX_NAME = 255
+TYPE_OPT = 41     # the EDNS0 pseudo-record (RFC 6891 6.1.1)
+T_ANY = 255       # QTYPE "*" (RFC 1035 3.2.3)
+CLASS_IN = 1
+CLASS_ANY = 255   # QCLASS "*" (RFC 1035 3.2.5)
+MAX_NAME = 255    # octets in a wire-format name (RFC 1035 2.3.4)
 MIN_UDP = 512     # RFC 1035 4.2.1
-MAX_UDP = 1232    # DNS flag day 2020: the EDNS0 size that avoids IP fragmentation
+# DNS flag day 2020: the EDNS0 size that avoids IP fragmentation. It is both the
+# size we advertise (to clients and upstreams) and the cap on a client's size.
+MAX_UDP = 1232
+MAX_TCP = 65535   # a TCP message's 2-byte length prefix (RFC 1035 4.2.2)
 
 # RCODEs (RFC 1035 4.1.1, RFC 6891 9 for BADVERS)
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -211,17 +217,19 @@ def reply_flags(query: Query, rcode: int, *, aa: bool, ra: bool, tc: bool = Fals
     return flags
 
 
-def error_reply(wire: bytes, rcode: int, query: Query | None = None, *,
-                ra: bool = False) -> bytes:
-    """A reply carrying only an rcode. With a parsed query the question is echoed
-    (and our OPT added when the client sent one, carrying the rcode's upper bits);
-    without, the header alone."""
-    if query is None:
-        ident, flags = struct.unpack_from("!HH", wire)
+def error_reply(packet: Query | bytes, rcode: int, *, ra: bool = False) -> bytes:
+    """A reply carrying only ``rcode``: the one way every module builds one.
+
+    For a parsed query the question is echoed byte for byte, and our OPT is added
+    when the client sent one (carrying the rcode's upper bits, RFC 6891 6.1.3).
+    For raw bytes that did not parse, the header alone. ``ra``: recursion is
+    available (dnsd forwards)."""
+    if not isinstance(packet, Query):
+        ident, flags = struct.unpack_from("!HH", packet)
         flags = QR | (flags & (0x7800 | RD)) | (rcode & 0xF)
         return HEADER.pack(ident, flags, 0, 0, 0, 0)
     opt = b""
-    if query.edns is not None:
-        opt = opt_record(MAX_UDP, query.edns.do, rcode >> 4)
-    flags = reply_flags(query, rcode & 0xF, aa=False, ra=ra)
-    return HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0) + query.question + opt
+    if packet.edns is not None:
+        opt = opt_record(MAX_UDP, packet.edns.do, rcode >> 4)
+    flags = reply_flags(packet, rcode & 0xF, aa=False, ra=ra)
+    return HEADER.pack(packet.id, flags, 1, 0, 0, 1 if opt else 0) + packet.question + opt

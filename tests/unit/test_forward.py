@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from dnsd.config import load_config
 from dnsd.errors import ConfigError
-from dnsd.forward import Forwarder, default_upstreams, error_reply, is_own, render
+from dnsd.forward import Forwarder, default_upstreams, is_own, render
 from dnsd.upstream import acceptable, build_query, read_reply
-from dnsd.wire import Malformed, Query, encode_name, parse_query, udp_limit
+from dnsd.wire import Malformed, Query, encode_name, error_reply, parse_query, udp_limit
 
 
 def forwarder(*argv: str, resolv_conf: str = "/nonexistent") -> Forwarder:
