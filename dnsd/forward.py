@@ -36,8 +36,8 @@ from dnsd.config import Config
 from dnsd.errors import ConfigError
 from dnsd.forward_cache import Cache, CacheKey, CachePolicy, Entry, make_entry
 from dnsd.hostport import HostPort, format_hostport
+from dnsd.render import fitted_reply
 from dnsd.upstream import (
-    ADDITIONAL,
     ExchangeError,
     Exchanger,
     Reply,
@@ -47,21 +47,16 @@ from dnsd.wire import (
     AD,
     CD,
     FORMERR,
-    HEADER,
     MAX_TCP,
-    MAX_UDP,
     NOERROR,
     NXDOMAIN,
     REFUSED,
     SERVFAIL,
-    TC,
     Malformed,
     Query,
     encode_name,
     error_reply,
     name_text,
-    opt_record,
-    reply_flags,
     udp_limit,
 )
 
@@ -186,40 +181,25 @@ class Routes:
 
 
 def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> bytes:
-    """The upstream reply re-addressed to ``query``'s client.
+    """The upstream reply re-addressed to ``query``'s client, fitted into ``limit``.
 
     Its ID and question (exactly as sent: resolvers check the 0x20 case), the
-    records with ``ttls`` written in, our OPT instead of the upstream's, AA clear
-    (dnsd is no authority for names it forwards). When the
-    whole does not fit ``limit``, the additional section goes first (no TC
-    needed, RFC 2181 9), then whole records from the end, with TC set.
+    records with ``ttls`` written in, our OPT instead of the upstream's, the
+    upstream's AD, AA clear (dnsd is no authority for names it forwards).
+    The records keep their places: the header and question in front of them
+    have the lengths they had in the upstream's reply, so compression pointers
+    still land on the same bytes. For the same reason the additional section
+    is one unit for :func:`~dnsd.render.fit`: all of it or none of it.
     """
     wire = reply.wire
-    opt = opt_record(MAX_UDP, query.edns.do) if query.edns is not None else b""
-    chunks: list[bytes] = []
+    sections: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
     for rec, ttl in zip(reply.records, ttls, strict=True):
-        chunks.append(wire[rec.start:rec.ttl_at] + struct.pack("!I", ttl)
-                      + wire[rec.ttl_at + 4:rec.end])
-    base = 12 + len(query.question) + len(opt)
-    sections = [rec.section for rec in reply.records]
-    keep = len(chunks)
-    tc = False
-    size = base + sum(len(c) for c in chunks)
-    if size > limit:
-        keep = sum(1 for s in sections if s != ADDITIONAL)
-        size = base + sum(len(c) for c in chunks[:keep])
-        while size > limit and keep > 0:
-            keep -= 1
-            size -= len(chunks[keep])
-            tc = True
-    counts = [0, 0, 0, 0]
-    for section in sections[:keep]:
-        counts[section] += 1
-    extra = (reply.flags & AD) | (TC if tc else 0)
-    header = HEADER.pack(query.id, reply_flags(query, reply.rcode, aa=False, ra=True,
-                                               extra=extra), 1,
-                         counts[1], counts[2], counts[3] + (1 if opt else 0))
-    return b"".join([header, query.question, *chunks[:keep], opt])
+        sections[rec.section - 1].append(wire[rec.start:rec.ttl_at] + struct.pack("!I", ttl)
+                                         + wire[rec.ttl_at + 4:rec.end])
+    answers, authority, additional = sections
+    return fitted_reply(query, reply.rcode, limit=limit, aa=False, ra=True,
+                        flags=reply.flags & AD, answers=answers, authority=authority,
+                        additional=(additional,) if additional else ())
 
 
 class Forwarder:
