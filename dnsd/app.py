@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config
 from dnsd.errors import DnsdError, StateFileError
-from dnsd.forward import Forwarder
+from dnsd.forward import Forwarder, ForwardSettings
 from dnsd.handler import Handler
 from dnsd.hostport import format_hostport
 from dnsd.metrics import MetricsInputs, MetricsServer
@@ -106,7 +106,7 @@ class App:
         return sources
 
     def _forwarder(self) -> Forwarder | None:
-        forwarder = Forwarder(self.config)
+        forwarder = Forwarder(forward_settings(self.config))
         return forwarder if forwarder.enabled else None
 
     # --- the Sink the sources report to -------------------------------------
@@ -355,6 +355,12 @@ def zone_settings(cfg: Config) -> ZoneSettings:
                          if not ipaddress.ip_address(host).is_unspecified)
     return ZoneSettings(domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
                         only_passing=cfg.only_passing, ns_addresses=ns_addresses)
+
+
+def forward_settings(cfg: Config) -> ForwardSettings:
+    """Forwarding's own settings, taken from the whole configuration."""
+    return ForwardSettings(upstreams=cfg.upstream, upstream_for=cfg.upstream_for,
+                           policy=cfg.upstream_policy, listen=cfg.listen, domains=cfg.domains)
 
 
 def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:

@@ -4,6 +4,7 @@ and the scripted test upstream. Cache time is a fake clock; timeouts are real.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,8 +14,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from dnsd.app import forward_settings
 from dnsd.config import load_config
-from dnsd.forward import Forwarder, ForwardSettings
+from dnsd.forward import Forwarder, ForwardTiming
 from dnsd.wire import Query, parse_query
 from tests.upstreams import BlackHole, Dnsmasq, ScriptedUpstream, free_port
 
@@ -28,12 +30,15 @@ class Clock:
 
 
 def make_forwarder(*upstreams: str, clock: Clock | None = None, argv: tuple[str, ...] = (),
-                   settings: ForwardSettings | None = None) -> Forwarder:
+                   timing: ForwardTiming | None = None) -> Forwarder:
     args = [*argv]
     for spec in upstreams:
         args += ["--upstream", spec]
-    return Forwarder(load_config(args, environ={}), now=clock or Clock(),
-                     rng=random.Random(1), settings=settings, resolv_conf="/nonexistent")
+    settings = forward_settings(load_config(args, environ={}))
+    if timing is not None:
+        settings = dataclasses.replace(settings, timing=timing)
+    return Forwarder(settings, now=clock or Clock(), rng=random.Random(1),
+                     resolv_conf="/nonexistent")
 
 
 def query(name: str, qtype: str = "A", **kwargs: object) -> Query:
@@ -164,7 +169,7 @@ async def test_down_upstream_comes_back_through_the_probe(closing) -> None:
     with ScriptedUpstream(RECORDS, mode="timeout") as up, \
             ScriptedUpstream(RECORDS) as spare:
         fwd = make_forwarder(up.spec, spare.spec,
-                             settings=ForwardSettings(probe_interval=0.1, try_timeout=0.3))
+                             timing=ForwardTiming(probe_interval=0.1, try_timeout=0.3))
         closing.append(fwd)
         await ask(fwd, "a.test.")
         primary = fwd.upstreams[up.addr]
@@ -218,7 +223,7 @@ async def test_wrong_question_is_ignored(closing) -> None:
     with ScriptedUpstream(RECORDS, mode="wrong_question") as liar, \
             ScriptedUpstream(RECORDS) as good:
         fwd = make_forwarder(liar.spec, good.spec,
-                             settings=ForwardSettings(try_timeout=0.3))
+                             timing=ForwardTiming(try_timeout=0.3))
         closing.append(fwd)
         msg = await ask(fwd, "a.test.")
         assert addresses(msg) == ["10.0.0.1", "10.0.0.2"] and good.count() == 1

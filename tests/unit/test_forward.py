@@ -13,16 +13,19 @@ from dnslib import RR, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dnsd.app import forward_settings
 from dnsd.config import load_config
 from dnsd.errors import ConfigError
-from dnsd.forward import Forwarder, default_upstreams, is_own, render
-from dnsd.upstream import acceptable, build_query, read_reply
+from dnsd.forward import Forwarder
+from dnsd.forward.exchange import acceptable, build_query, read_reply
+from dnsd.forward.forwarder import render
+from dnsd.forward.routes import default_upstreams, is_own
 from dnsd.wire import Malformed, Query, encode_name, error_reply, parse_query, udp_limit
 
 
 def forwarder(*argv: str, resolv_conf: str = "/nonexistent") -> Forwarder:
-    return Forwarder(load_config(list(argv), environ={}), rng=random.Random(7),
-                     resolv_conf=resolv_conf)
+    return Forwarder(forward_settings(load_config(list(argv), environ={})),
+                     rng=random.Random(7), resolv_conf=resolv_conf)
 
 
 def client_query(name: str, qtype: str = "A", **kwargs: object) -> Query:

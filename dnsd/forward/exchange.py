@@ -29,7 +29,7 @@ ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
 
 class ExchangeError(Exception):
     """One try with one upstream produced no acceptable reply (timeout, refused
-    connection, closed stream). Never leaves ``forward``."""
+    connection, closed stream). Never leaves the forwarder."""
 
 
 @dataclass(frozen=True, slots=True)

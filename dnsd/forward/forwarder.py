@@ -1,48 +1,44 @@
-"""Forwarding: every name that is not dnsd's goes to upstream resolvers.
+"""The forwarding decision: every name that is not dnsd's goes to upstream
+resolvers, and this module decides what the client gets back.
 
-Owns the routing (``--upstream``, ``--upstream-for``, most specific domain wins),
-the try order (``sequential`` or ``random``), upstream health (down after
-``max_fails`` consecutive failures, a background probe brings it back), the
-coalescing of identical concurrent misses, serve-stale, and rendering the reply
-each client is owed: its ID, its question byte for byte, our OPT when it sent one,
-and a UDP size it can take.
+Owns the cache lookup, the coalescing of identical concurrent misses, the
+tries in order (UDP, then TCP when truncated), serve-stale, and rendering the
+reply each client is owed: its ID, its question byte for byte, our OPT when it
+sent one, and a UDP size it can take. Where a name goes is ``routes``, the try
+order ``policy``, upstream health ``health``, one exchange ``exchange``, what
+may be cached ``cache``.
 
 Outcome -> reply, decided in :meth:`Forwarder.forward` only:
 - a fresh cache entry: that answer, TTLs counted down;
 - an upstream's NOERROR/NXDOMAIN (other rcodes count as that upstream failing):
-  that answer, cached per ``forward_cache``;
+  that answer, cached per ``forward.cache``;
 - every upstream failed, or all are down, and an expired entry is still in the
   stale window: the stale answer with short TTLs (RFC 8767);
 - every upstream failed otherwise: SERVFAIL;
 - no upstream routes the name, or the name is in dnsd's own zones (the handler
   never sends those; checked again so a bug cannot make dnsd forward them): REFUSED.
 
-Imports: ``config``, ``errors``, ``forward_cache``, ``upstream``, ``wire``.
+Imports: ``errors``, ``hostport``, ``render``, ``wire``, ``forward.*``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
 import struct
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from dnsd.config import Config
-from dnsd.errors import ConfigError
-from dnsd.forward_cache import Cache, CacheKey, CachePolicy, Entry, make_entry
-from dnsd.hostport import HostPort, format_hostport
+from dnsd.forward.cache import Cache, CacheKey, CachePolicy, Entry, make_entry
+from dnsd.forward.exchange import ExchangeError, Exchanger, Reply, read_reply
+from dnsd.forward.health import Health, Upstream
+from dnsd.forward.policy import policy_named
+from dnsd.forward.routes import build_routes, suffixes, wire_key
+from dnsd.hostport import HostPort
 from dnsd.render import fitted_reply
-from dnsd.upstream import (
-    ExchangeError,
-    Exchanger,
-    Reply,
-    read_reply,
-)
 from dnsd.wire import (
     AD,
     CD,
@@ -54,7 +50,6 @@ from dnsd.wire import (
     SERVFAIL,
     Malformed,
     Query,
-    encode_name,
     error_reply,
     name_text,
     udp_limit,
@@ -63,12 +58,11 @@ from dnsd.wire import (
 log = logging.getLogger("dnsd.forward")
 
 T = TypeVar("T")
-PROBE_QUESTION = b"\x00" + struct.pack("!HH", 2, 1)  # ". NS IN": cheap, any answer will do
 
 
 @dataclass(frozen=True, slots=True)
-class ForwardSettings:
-    """Timing and health knobs; the defaults are what dnsd runs with."""
+class ForwardTiming:
+    """Timing, health and cache knobs; the defaults are what dnsd runs with."""
 
     try_timeout: float = 1.0       # per upstream try over UDP: a stub waits 5 s in all
     tcp_timeout: float = 1.5       # per TCP try: a handshake more than UDP
@@ -79,6 +73,18 @@ class ForwardSettings:
     max_fails: int = 1
     probe_interval: float = 0.5    # how often a down upstream is probed
     cache: CachePolicy = field(default_factory=CachePolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    """What forwarding needs to know, and nothing more (never the whole Config)."""
+
+    upstreams: tuple[HostPort, ...] | None = None  # None: resolv.conf's nameservers
+    upstream_for: tuple[tuple[str, HostPort], ...] = ()  # (domain, upstream), in order
+    policy: str = "sequential"                     # see forward.policy
+    listen: tuple[HostPort, ...] = ()              # dnsd's own addresses: never upstreams
+    domains: tuple[str, ...] = ("consul",)         # dnsd's zones: never forwarded
+    timing: ForwardTiming = field(default_factory=ForwardTiming)
 
 
 @dataclass(slots=True)
@@ -93,91 +99,6 @@ class ForwardStats:
     stale_served: int = 0
     servfail: int = 0           # SERVFAILs built because nothing could answer
     refused: int = 0
-
-
-@dataclass(eq=False, slots=True)
-class Upstream:
-    """One upstream address and its health. Shared by every route naming it."""
-
-    addr: HostPort
-    fails: int = 0              # consecutive failed tries
-    down: bool = False
-    queries: int = 0
-    failures: int = 0
-    probe: asyncio.Task[None] | None = None
-
-    def __str__(self) -> str:
-        return format_hostport(*self.addr)
-
-
-def default_upstreams(resolv_conf: str, own: Sequence[tuple[str, int]]
-                      ) -> tuple[tuple[str, int], ...]:
-    """The ``nameserver`` lines of resolv.conf text (port 53), minus dnsd's own
-    listen addresses: forwarding to ourselves would loop. Bad lines are skipped."""
-    found: list[tuple[str, int]] = []
-    for line in resolv_conf.splitlines():
-        words = line.split()
-        if len(words) < 2 or words[0] != "nameserver":
-            continue
-        try:
-            ip = ipaddress.ip_address(words[1].split("%")[0])
-        except ValueError:
-            continue
-        addr = (words[1] if "%" in words[1] else str(ip), 53)
-        if not is_own(addr, own) and addr not in found:
-            found.append(addr)
-    return tuple(found)
-
-
-def is_own(addr: tuple[str, int], own: Iterable[tuple[str, int]]) -> bool:
-    """True when ``addr`` reaches one of dnsd's listen addresses. A wildcard
-    listener (0.0.0.0 or ::) is reached through any loopback address too."""
-    try:
-        ip = ipaddress.ip_address(addr[0].split("%")[0])
-    except ValueError:
-        return False
-    for host, port in own:
-        if port != addr[1]:
-            continue
-        try:
-            mine = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            continue
-        if mine == ip or (mine.is_unspecified and (ip.is_loopback or ip.is_unspecified)):
-            return True
-    return False
-
-
-def _wire_key(domain: str) -> bytes:
-    return encode_name(domain.lower())
-
-
-def _suffixes(key: bytes) -> Iterable[bytes]:
-    """The wire name and each parent, longest first, ending with the root."""
-    pos = 0
-    while pos < len(key):
-        yield key[pos:]
-        if key[pos] == 0:
-            return
-        pos += 1 + key[pos]
-
-
-class Routes:
-    """Which upstreams a name goes to: the most specific ``--upstream-for``
-    domain containing it, else the default upstreams."""
-
-    def __init__(self, default: Sequence[Upstream],
-                 per_domain: dict[bytes, tuple[Upstream, ...]]) -> None:
-        self.default = tuple(default)
-        self.per_domain = per_domain
-
-    def lookup(self, key: bytes) -> tuple[Upstream, ...]:
-        if self.per_domain:
-            for suffix in _suffixes(key):
-                found = self.per_domain.get(suffix)
-                if found is not None:
-                    return found
-        return self.default
 
 
 def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> bytes:
@@ -205,41 +126,29 @@ def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> by
 class Forwarder:
     """Forwards out-of-zone queries; see the module docstring for the outcomes."""
 
-    def __init__(self, config: Config, *, now: Callable[[], float] = time.monotonic,
+    def __init__(self, settings: ForwardSettings, *, now: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None,
-                 settings: ForwardSettings | None = None,
                  resolv_conf: str = "/etc/resolv.conf") -> None:
-        self.settings = settings or ForwardSettings()
+        self.settings = settings
+        self.timing = settings.timing
         self.now = now
         self.rng = rng or random.Random()
         self.exchanger = Exchanger(random.SystemRandom() if rng is None else rng)
-        self.policy = config.upstream_policy
-        self.cache = Cache(self.settings.cache)
+        self.policy = policy_named(settings.policy, self.rng)
+        self.cache = Cache(self.timing.cache)
         self.stats = ForwardStats()
-        self.own_zones = frozenset(_wire_key(d) for d in config.domains)
-        own = tuple(config.listen)
-        explicit = [*(config.upstream or ()), *(addr for _, addr in config.upstream_for)]
-        for addr in explicit:
-            if is_own(addr, own):
-                raise ConfigError(f"upstream {format_hostport(*addr)} is dnsd's own listen "
-                                  "address: forwarding to it would loop")
-        defaults = config.upstream
-        if defaults is None:
-            defaults = default_upstreams(_read_text(resolv_conf), own)
-            if not defaults:
-                log.warning("no upstream in %s: names outside the zone get REFUSED",
-                            resolv_conf)
+        self.own_zones = frozenset(wire_key(d) for d in settings.domains)
         self.upstreams: dict[HostPort, Upstream] = {}
-        per_domain: dict[bytes, list[Upstream]] = {}
-        for domain, addr in config.upstream_for:
-            per_domain.setdefault(_wire_key(domain), []).append(self._upstream(addr))
-        self.routes = Routes([self._upstream(a) for a in defaults],
-                             {k: tuple(v) for k, v in per_domain.items()})
+        self.routes = build_routes(settings.upstreams, settings.upstream_for, settings.listen,
+                                   resolv_conf, self._upstream)
+        self.health = Health(self.exchanger, self._spawn, max_fails=self.timing.max_fails,
+                             probe_interval=self.timing.probe_interval,
+                             probe_timeout=self.timing.try_timeout)
         self._inflight: dict[tuple[CacheKey, bool], asyncio.Task[Entry | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._closed = False
 
     def _upstream(self, addr: HostPort) -> Upstream:
+        """One Upstream per address, whichever routes name it: one health each."""
         found = self.upstreams.get(addr)
         if found is None:
             found = self.upstreams[addr] = Upstream(addr)
@@ -247,19 +156,19 @@ class Forwarder:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.routes.default or self.routes.per_domain)
+        return not self.routes.empty
 
     async def start(self) -> None:
         """Log where names go. Probes start on demand, when an upstream goes down."""
         if self.routes.default:
             log.info("forwarding to %s (%s)", ", ".join(map(str, self.routes.default)),
-                     self.policy)
+                     self.policy.name)
         for key, ups in self.routes.per_domain.items():
             log.info("forwarding %s to %s", name_text(key), ", ".join(map(str, ups)))
 
     async def close(self) -> None:
         """Cancel every task this forwarder started and wait for them."""
-        self._closed = True
+        self.health.closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -338,33 +247,29 @@ class Forwarder:
         if entry is None:
             return None
         self.stats.stale_served += 1
-        ttls = entry.served_ttls(now, self.settings.cache.stale_ttl)
+        ttls = entry.served_ttls(now, self.timing.cache.stale_ttl)
         return render(query, entry.reply, ttls, limit=limit)
 
     def _in_own_zone(self, key: bytes) -> bool:
-        return any(suffix in self.own_zones for suffix in _suffixes(key))
+        return any(suffix in self.own_zones for suffix in suffixes(key))
 
     # --- upstream tries -----------------------------------------------------------
 
     def order(self, upstreams: Sequence[Upstream]) -> list[Upstream]:
-        """The upstreams to try, in order: the healthy ones (shuffled under the
-        ``random`` policy); when all are down, just one of them, since it may be
-        back before its probe notices."""
+        """The try order: the policy's order of the healthy upstreams; when all
+        are down, only one of them, the policy's first (it may be back before
+        its probe notices)."""
         healthy = [u for u in upstreams if not u.down]
-        if self.policy == "random":
-            healthy = self.rng.sample(healthy, len(healthy))
         if healthy:
-            return healthy
-        if self.policy == "random":
-            return [self.rng.choice(list(upstreams))]
-        return [upstreams[0]]
+            return self.policy.order(healthy)
+        return self.policy.order(upstreams)[:1]
 
     async def _resolve(self, key: CacheKey, question: bytes, upstreams: Sequence[Upstream],
                        over_tcp: bool) -> Entry | None:
         """Ask the upstreams in order until one answers; cache what may be cached."""
         self.stats.forwarded += 1
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.deadline
+        deadline = loop.time() + self.timing.deadline
         _name, _qtype, _qclass, do, cd = key
         for up in self.order(upstreams):
             if deadline - loop.time() < 0.05:
@@ -373,16 +278,17 @@ class Forwarder:
             try:
                 reply = await self._try(up, question, do, cd, over_tcp, deadline)
             except (ExchangeError, Malformed) as exc:
-                self._failed(up, str(exc))
+                self.stats.upstream_failures += 1
+                self.health.failed(up, str(exc))
                 continue
-            self._alive(up)
+            self.health.alive(up)
             if reply.rcode not in (NOERROR, NXDOMAIN):
                 # The upstream is alive but could not answer: ask the next one.
                 up.failures += 1
                 self.stats.upstream_failures += 1
                 log.debug("upstream %s answered rcode %d", up, reply.rcode)
                 continue
-            entry = make_entry(reply, self.now(), self.settings.cache)
+            entry = make_entry(reply, self.now(), self.timing.cache)
             self.cache.put(key, entry)
             return entry
         return None
@@ -402,11 +308,11 @@ class Forwarder:
                 if tcp:
                     wire = await self.exchanger.tcp(
                         up.addr, question, do=do, cd=cd, edns=edns,
-                        timeout=min(self.settings.tcp_timeout, left))
+                        timeout=min(self.timing.tcp_timeout, left))
                 else:
                     wire = await self.exchanger.udp(
                         up.addr, question, do=do, cd=cd, edns=edns,
-                        timeout=min(self.settings.try_timeout, left))
+                        timeout=min(self.timing.try_timeout, left))
                 reply = read_reply(wire)
                 if reply.truncated and not tcp:
                     tcp = True  # RFC 7766 5: a truncated UDP answer is retried over TCP
@@ -417,49 +323,3 @@ class Forwarder:
                 continue
             return reply
         return reply
-
-    def _alive(self, up: Upstream) -> None:
-        up.fails = 0
-        if up.down:
-            up.down = False
-            log.info("upstream %s is answering again", up)
-        if up.probe is not None:
-            up.probe.cancel()
-            up.probe = None
-
-    def _failed(self, up: Upstream, why: str) -> None:
-        up.fails += 1
-        up.failures += 1
-        self.stats.upstream_failures += 1
-        log.debug("upstream %s failed: %s", up, why)
-        if not up.down and up.fails >= self.settings.max_fails:
-            up.down = True
-            log.warning("upstream %s is down after %d failures (%s); probing it", up,
-                        up.fails, why)
-        if up.down and up.probe is None and not self._closed:
-            up.probe = self._spawn(self._probe(up))
-
-    async def _probe(self, up: Upstream) -> None:
-        """Ask a down upstream ". NS" until any well-formed reply comes back."""
-        try:
-            while up.down:
-                await asyncio.sleep(self.settings.probe_interval)
-                try:
-                    await self.exchanger.udp(up.addr, PROBE_QUESTION, do=False, cd=False,
-                                             timeout=self.settings.try_timeout)
-                except ExchangeError:
-                    continue
-                up.probe = None  # _alive must not cancel the task it runs in
-                self._alive(up)
-        finally:
-            if up.probe is asyncio.current_task():
-                up.probe = None
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError as exc:
-        log.warning("cannot read %s: %s", path, exc.strerror or exc)
-        return ""

@@ -14,7 +14,7 @@ Policy, in one place:
   served with every TTL set to ``stale_ttl`` (RFC 8767 4 suggests 30 s).
 
 Time is injected (``now``) by the caller on every call; nothing here reads a clock.
-Imports: ``records``, ``upstream`` (the parsed reply), ``wire`` and the stdlib.
+Imports: ``records``, ``forward.exchange`` (the parsed reply), ``wire``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from dnsd.forward.exchange import ANSWER, AUTHORITY, Reply
 from dnsd.records import T_SOA
-from dnsd.upstream import ANSWER, AUTHORITY, Reply
 from dnsd.wire import NOERROR, NXDOMAIN
 
 # (lower-cased wire name, qtype, qclass, DO bit, CD bit). CD is in the key as well
