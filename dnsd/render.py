@@ -23,19 +23,13 @@ Imports: ``wire``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from dnsd.wire import HEADER, MAX_UDP, Query, opt_record, reply_flags
 
-
-class Fitted(NamedTuple):
-    """What :func:`fit` keeps: how many leading answer and authority records,
-    which additional records, and whether anything owed was cut (TC)."""
-
-    answers: int
-    authority: int
-    additional: list[bytes]
-    truncated: bool
+# What fit() keeps: how many leading answer and authority records, which
+# additional records, and whether anything owed was cut (TC). A plain tuple:
+# this runs for every rendered reply.
+Fitted = tuple[int, int, list[bytes], bool]
 
 
 def fit(room: int, answers: Sequence[bytes], authority: Sequence[bytes] = (),
@@ -53,30 +47,47 @@ def fit(room: int, answers: Sequence[bytes], authority: Sequence[bytes] = (),
     section is one unit, because dropping one of its records would move the
     records after it away from the bytes their compression pointers name.
     """
-    size = 0
-    for index, record in enumerate(answers):
-        size += len(record)
+    size = sum(map(len, answers))
+    if size > room:
+        return _leading(answers, room), 0, [], True
+    if authority:
+        size += sum(map(len, authority))
         if size > room:
-            return Fitted(index, 0, [], True)
-    for index, record in enumerate(authority):
-        size += len(record)
-        if size > room:
-            return Fitted(len(answers), index, [], True)
+            room -= size - sum(map(len, authority))
+            return len(answers), _leading(authority, room), [], True
     kept: list[bytes] = []
     units = [*extras[:len(answers)], *additional] if extras else additional
     if len(units) == 1:
-        if size + sum(len(r) for r in units[0]) <= room:
+        if size + sum(map(len, units[0])) <= room:
             kept.extend(units[0])
     elif units:
         seen: set[bytes] = set()
         for unit in units:
+            if len(unit) == 1:  # the usual unit: one record, without a list per unit
+                record = unit[0]
+                if record not in seen:
+                    seen.add(record)  # one that did not fit will not fit later either
+                    if size + len(record) <= room:
+                        size += len(record)
+                        kept.append(record)
+                continue
             fresh = [r for r in unit if r not in seen]
-            length = sum(len(r) for r in fresh)
+            length = sum(map(len, fresh))
             if size + length <= room:
                 size += length
                 kept.extend(fresh)
                 seen.update(fresh)
-    return Fitted(len(answers), len(authority), kept, False)
+    return len(answers), len(authority), kept, False
+
+
+def _leading(records: Sequence[bytes], room: int) -> int:
+    """How many leading ``records`` fit in ``room`` bytes."""
+    size = 0
+    for index, record in enumerate(records):
+        size += len(record)
+        if size > room:
+            return index
+    return len(records)
 
 
 def fitted_reply(query: Query, rcode: int, *, limit: int, aa: bool, ra: bool, flags: int = 0,
@@ -91,10 +102,12 @@ def fitted_reply(query: Query, rcode: int, *, limit: int, aa: bool, ra: bool, fl
     """
     opt = opt_record(MAX_UDP, query.edns.do) if query.edns is not None else b""
     room = limit - 12 - len(query.question) - len(opt)
-    kept = fit(room, answers, authority, additional, extras)
-    header = HEADER.pack(query.id, reply_flags(query, rcode, aa=aa, ra=ra, tc=kept.truncated,
-                                               extra=flags),
-                         1, kept.answers, kept.authority,
-                         len(kept.additional) + (1 if opt else 0))
-    return b"".join((header, query.question, *answers[:kept.answers],
-                     *authority[:kept.authority], *kept.additional, opt))
+    kept_answers, kept_authority, kept_additional, tc = fit(room, answers, authority,
+                                                             additional, extras)
+    header = HEADER.pack(query.id, reply_flags(query, rcode, aa=aa, ra=ra, tc=tc, extra=flags),
+                         1, kept_answers, kept_authority,
+                         len(kept_additional) + (1 if opt else 0))
+    if tc:
+        answers = answers[:kept_answers]
+        authority = authority[:kept_authority]
+    return b"".join((header, query.question, *answers, *authority, *kept_additional, opt))

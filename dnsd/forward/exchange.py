@@ -60,6 +60,9 @@ class Reply:
     flags: int
     question_end: int
     records: tuple[Record, ...]
+    # how many of ``records`` are answer, authority and additional records, in
+    # that order (read once here so that rendering need not count them)
+    counts: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def rcode(self) -> int:
@@ -106,7 +109,7 @@ def read_reply(wire: bytes) -> Reply:
                 # A truncated UDP reply may end mid-record (RFC 2181 9): keep
                 # what is whole; it is only used to decide on the TCP retry.
                 if truncated:
-                    return Reply(wire, flags, question_end, tuple(records))
+                    return _reply(wire, flags, question_end, records)
                 raise
             if rtype == TYPE_OPT:
                 opt_seen = True
@@ -121,7 +124,14 @@ def read_reply(wire: bytes) -> Reply:
             if ttl & 0x80000000:
                 ttl = 0  # RFC 2181 8: a TTL with the top bit set is treated as zero
             records.append(Record(section, start, pos, ttl_at, rtype, ttl, soa_minimum))
-    return Reply(wire, flags, question_end, tuple(records))
+    return _reply(wire, flags, question_end, records)
+
+
+def _reply(wire: bytes, flags: int, question_end: int, records: list[Record]) -> Reply:
+    counts = [0, 0, 0, 0]
+    for rec in records:
+        counts[rec.section] += 1
+    return Reply(wire, flags, question_end, tuple(records), (counts[1], counts[2], counts[3]))
 
 
 def build_query(ident: int, question: bytes, *, do: bool, cd: bool, edns: bool = True

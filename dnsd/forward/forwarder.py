@@ -58,6 +58,7 @@ from dnsd.wire import (
 log = logging.getLogger("dnsd.forward")
 
 T = TypeVar("T")
+_TTL = struct.Struct("!I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +114,14 @@ def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> by
     is one unit for :func:`~dnsd.render.fit`: all of it or none of it.
     """
     wire = reply.wire
-    sections: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
-    for rec, ttl in zip(reply.records, ttls, strict=True):
-        sections[rec.section - 1].append(wire[rec.start:rec.ttl_at] + struct.pack("!I", ttl)
-                                         + wire[rec.ttl_at + 4:rec.end])
-    answers, authority, additional = sections
+    chunks = [wire[rec.start:rec.ttl_at] + _TTL.pack(ttl) + wire[rec.ttl_at + 4:rec.end]
+              for rec, ttl in zip(reply.records, ttls, strict=True)]
+    answers, authority, _ = reply.counts
+    end = answers + authority
     return fitted_reply(query, reply.rcode, limit=limit, aa=False, ra=True,
-                        flags=reply.flags & AD, answers=answers, authority=authority,
-                        additional=(additional,) if additional else ())
+                        flags=reply.flags & AD, answers=chunks[:answers],
+                        authority=chunks[answers:end],
+                        additional=(chunks[end:],) if len(chunks) > end else ())
 
 
 class Forwarder:
