@@ -31,6 +31,9 @@ MIN_UDP = 512     # RFC 1035 4.2.1
 # size we advertise (to clients and upstreams) and the cap on a client's size.
 MAX_UDP = 1232
 MAX_TCP = 65535   # a TCP message's 2-byte length prefix (RFC 1035 4.2.2)
+# An EDNS0 option from the local/experimental range (RFC 6891 9): the marks of
+# the dnsd processes a query was forwarded by, to find forwarding loops.
+OPTION_FORWARDED_BY = 65053
 
 # RCODEs (RFC 1035 4.1.1, RFC 6891 9 for BADVERS)
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -48,6 +51,7 @@ class Edns:
     udp_size: int
     version: int
     do: bool
+    options: bytes = b""  # the OPT record's RDATA: its options, unparsed
 
 
 @dataclass(slots=True)
@@ -173,10 +177,27 @@ def parse_query(wire: bytes) -> Query:
         if rtype == TYPE_OPT:
             if index < ancount + nscount or edns is not None or wire[name_start] != 0:
                 raise Malformed("misplaced or repeated OPT record")  # RFC 6891 6.1.1
-            edns = Edns(udp_size=rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
+            edns = Edns(udp_size=rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000),
+                        options=wire[pos - rdlength:pos])
     # Trailing bytes after the counted records are tolerated, as most servers do.
     return Query(id=ident, flags=flags, qname=qname, key=qname.lower(), qtype=qtype,
                  qclass=qclass, question=wire[12:qname_end + 4], edns=edns, wire=wire)
+
+
+def edns_option(options: bytes, code: int) -> bytes | None:
+    """The data of the first option ``code`` in an OPT record's RDATA, or None.
+    A malformed option list ends the search (RFC 6891 6.1.2 layout)."""
+    pos = 0
+    end = len(options)
+    while pos + 4 <= end:
+        found, length = struct.unpack_from("!HH", options, pos)
+        pos += 4
+        if pos + length > end:
+            return None
+        if found == code:
+            return options[pos:pos + length]
+        pos += length
+    return None
 
 
 def encode_name(name: str) -> bytes:

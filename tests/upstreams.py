@@ -261,6 +261,7 @@ class Dnsmasq:
         self.host = "127.0.0.1"
         last = ""
         for _ in range(5):
+            self._output: str | None = None
             self.port = free_port()
             self.proc = subprocess.Popen(
                 [binary, "--no-resolv", "--no-hosts", "-d", "-k", "--port", str(self.port),
@@ -294,6 +295,8 @@ class Dnsmasq:
         return False
 
     def _stop_and_output(self) -> str:
+        if self._output is not None:
+            return self._output
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
@@ -301,7 +304,12 @@ class Dnsmasq:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
-        return out or ""
+        self._output = out or ""
+        return self._output
+
+    def output(self) -> str:
+        """Stop dnsmasq and return everything it logged (``--log-queries`` lines)."""
+        return self._stop_and_output()
 
     def close(self) -> None:
         self._stop_and_output()

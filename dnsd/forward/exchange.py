@@ -22,7 +22,18 @@ import struct
 from dataclasses import dataclass, field
 
 from dnsd.records import T_SOA
-from dnsd.wire import CD, HEADER, MAX_UDP, QR, RD, TC, TYPE_OPT, Malformed, skip_name
+from dnsd.wire import (
+    CD,
+    HEADER,
+    MAX_UDP,
+    OPTION_FORWARDED_BY,
+    QR,
+    RD,
+    TC,
+    TYPE_OPT,
+    Malformed,
+    skip_name,
+)
 
 ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
 
@@ -134,15 +145,18 @@ def _reply(wire: bytes, flags: int, question_end: int, records: list[Record]) ->
     return Reply(wire, flags, question_end, tuple(records), (counts[1], counts[2], counts[3]))
 
 
-def build_query(ident: int, question: bytes, *, do: bool, cd: bool, edns: bool = True
-                ) -> bytes:
+def build_query(ident: int, question: bytes, *, do: bool, cd: bool, edns: bool = True,
+                marks: bytes = b"") -> bytes:
     """The query we send upstream: RD set (we want recursion done for us), the
-    client's CD bit, and an OPT advertising ``MAX_UDP`` with the client's DO."""
+    client's CD bit, and an OPT advertising ``MAX_UDP`` with the client's DO
+    and, when there are ``marks``, the forwarded-by option carrying them."""
     flags = RD | (CD if cd else 0)
     header = HEADER.pack(ident, flags, 1, 0, 0, 1 if edns else 0)
     if not edns:
         return header + question
-    opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, MAX_UDP, 0x8000 if do else 0, 0)
+    rdata = struct.pack("!HH", OPTION_FORWARDED_BY, len(marks)) + marks if marks else b""
+    opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, MAX_UDP, 0x8000 if do else 0,
+                                len(rdata)) + rdata
     return header + question + opt
 
 
@@ -206,7 +220,7 @@ class Exchanger:
         return self.rng.randrange(0, 65536)
 
     async def udp(self, addr: tuple[str, int], question: bytes, *, do: bool, cd: bool,
-                  timeout: float, edns: bool = True) -> bytes:
+                  timeout: float, edns: bool = True, marks: bytes = b"") -> bytes:
         ident = self.new_id()
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
@@ -217,7 +231,8 @@ class Exchanger:
         except OSError as exc:
             raise ExchangeError(f"udp socket: {exc}") from None
         try:
-            transport.sendto(build_query(ident, question, do=do, cd=cd, edns=edns))
+            transport.sendto(build_query(ident, question, do=do, cd=cd, edns=edns,
+                                         marks=marks))
             return await asyncio.wait_for(asyncio.shield(proto.done), timeout)
         except TimeoutError:
             raise ExchangeError("udp timeout") from None
@@ -229,21 +244,22 @@ class Exchanger:
                 proto.done.exception()  # mark retrieved: never "exception never retrieved"
 
     async def tcp(self, addr: tuple[str, int], question: bytes, *, do: bool, cd: bool,
-                  timeout: float, edns: bool = True) -> bytes:
+                  timeout: float, edns: bool = True, marks: bytes = b"") -> bytes:
         ident = self.new_id()
         try:
             return await asyncio.wait_for(
-                self._tcp(addr, ident, question, do=do, cd=cd, edns=edns), timeout)
+                self._tcp(addr, ident, question, do=do, cd=cd, edns=edns, marks=marks),
+                timeout)
         except TimeoutError:
             raise ExchangeError("tcp timeout") from None
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise ExchangeError(f"tcp: {exc}") from None
 
     async def _tcp(self, addr: tuple[str, int], ident: int, question: bytes, *, do: bool,
-                   cd: bool, edns: bool) -> bytes:
+                   cd: bool, edns: bool, marks: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(addr[0], addr[1])
         try:
-            query = build_query(ident, question, do=do, cd=cd, edns=edns)
+            query = build_query(ident, question, do=do, cd=cd, edns=edns, marks=marks)
             writer.write(struct.pack("!H", len(query)) + query)
             await writer.drain()
             # RFC 7766 allows unrelated messages on a stream; skip any that do not match.

@@ -16,7 +16,17 @@ Outcome -> reply, decided in :meth:`Forwarder.forward` only:
   stale window: the stale answer with short TTLs (RFC 8767);
 - every upstream failed otherwise: SERVFAIL;
 - no upstream routes the name, or the name is in dnsd's own zones (the handler
-  never sends those; checked again so a bug cannot make dnsd forward them): REFUSED.
+  never sends those; checked again so a bug cannot make dnsd forward them): REFUSED;
+- a query this process forwarded itself, come back through a forwarding loop:
+  SERVFAIL at once, never forwarded again (see "Forwarding loops" below).
+
+Forwarding loops: every query dnsd sends upstream carries an EDNS0 option
+(``wire.OPTION_FORWARDED_BY``) listing the random marks of the dnsd processes it
+went through, this one's last. IDs and letter case change at every hop, but
+forwarders pass EDNS options through (dnsmasq does; dnsd copies the marks it
+received, adding its own), so a query that comes back carries our own mark.
+It is answered SERVFAIL, logged once a minute at most, and counted. A query with
+more than ``MAX_MARKS`` marks is taken for a loop as well.
 
 Imports: ``errors``, ``hostport``, ``render``, ``wire``, ``forward.*``.
 """
@@ -46,10 +56,12 @@ from dnsd.wire import (
     MAX_TCP,
     NOERROR,
     NXDOMAIN,
+    OPTION_FORWARDED_BY,
     REFUSED,
     SERVFAIL,
     Malformed,
     Query,
+    edns_option,
     error_reply,
     name_text,
     udp_limit,
@@ -59,6 +71,9 @@ log = logging.getLogger("dnsd.forward")
 
 T = TypeVar("T")
 _TTL = struct.Struct("!I")
+MARK_SIZE = 8             # bytes of one process's forwarded-by mark
+MAX_MARKS = 8             # dnsd hops a query may have made: more is a loop too
+LOOP_LOG_INTERVAL = 60.0  # seconds between two log lines about forwarding loops
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +115,7 @@ class ForwardStats:
     stale_served: int = 0
     servfail: int = 0           # SERVFAILs built because nothing could answer
     refused: int = 0
+    loops: int = 0              # our own queries come back (answered SERVFAIL)
 
 
 def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> bytes:
@@ -124,6 +140,16 @@ def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> by
                         additional=(chunks[end:],) if len(chunks) > end else ())
 
 
+def forwarded_by(query: Query) -> bytes:
+    """The forwarded-by marks a query carries (whole marks only), or b""."""
+    if query.edns is None or not query.edns.options:
+        return b""
+    marks = edns_option(query.edns.options, OPTION_FORWARDED_BY)
+    if not marks:
+        return b""
+    return marks[:len(marks) - len(marks) % MARK_SIZE]
+
+
 class Forwarder:
     """Forwards out-of-zone queries; see the module docstring for the outcomes."""
 
@@ -136,6 +162,9 @@ class Forwarder:
         self.rng = rng or random.Random()
         self.exchanger = Exchanger(random.SystemRandom() if rng is None else rng)
         self.policy = policy_named(settings.policy, self.rng)
+        # This process's forwarded-by mark (see "Forwarding loops"): random, so
+        # two dnsd on different hosts never share one.
+        self.mark = self.exchanger.rng.randbytes(MARK_SIZE)
         self.cache = Cache(self.timing.cache)
         self.stats = ForwardStats()
         self.own_zones = frozenset(wire_key(d) for d in settings.domains)
@@ -144,7 +173,9 @@ class Forwarder:
                                    resolv_conf, self._upstream)
         self.health = Health(self.exchanger, self._spawn, max_fails=self.timing.max_fails,
                              probe_interval=self.timing.probe_interval,
-                             probe_timeout=self.timing.try_timeout)
+                             probe_timeout=self.timing.try_timeout, mark=self.mark)
+        self._loop_logged: float | None = None
+        self._loops_unlogged = 0
         self._inflight: dict[tuple[CacheKey, bool], asyncio.Task[Entry | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -205,6 +236,9 @@ class Forwarder:
             log.error("refusing to forward %s: it is in dnsd's own zone", query.text())
             self.stats.refused += 1
             return error_reply(query, REFUSED, ra=True)
+        marks = forwarded_by(query)
+        if marks and self._looped(marks):
+            return self._loop(query)
         upstreams = self.routes.lookup(query.key)
         if not upstreams:
             self.stats.refused += 1
@@ -227,7 +261,8 @@ class Forwarder:
         task = self._inflight.get(flight)
         if task is None:
             question = query.key + query.question[len(query.qname):]
-            task = self._spawn(self._resolve(key, question, upstreams, over_tcp))
+            task = self._spawn(self._resolve(key, question, upstreams, over_tcp,
+                                             marks + self.mark))
             self._inflight[flight] = task
             task.add_done_callback(lambda _t: self._inflight.pop(flight, None))
         else:
@@ -254,6 +289,31 @@ class Forwarder:
     def _in_own_zone(self, key: bytes) -> bool:
         return any(suffix in self.own_zones for suffix in suffixes(key))
 
+    def _looped(self, marks: bytes) -> bool:
+        """True when ``marks`` hold our own mark, or more hops than any sane
+        chain of forwarders makes."""
+        if len(marks) >= MAX_MARKS * MARK_SIZE:
+            return True
+        mark = self.mark
+        return any(marks[i:i + MARK_SIZE] == mark for i in range(0, len(marks), MARK_SIZE))
+
+    def _loop(self, query: Query) -> bytes:
+        """SERVFAIL for a query we forwarded that came back: never forward it
+        again, or each turn round the loop would send it once more."""
+        self.stats.loops += 1
+        now = self.now()
+        if self._loop_logged is None or now - self._loop_logged >= LOOP_LOG_INTERVAL:
+            also = (f" ({self._loops_unlogged} more since the last report)"
+                    if self._loops_unlogged else "")
+            log.warning("forwarding loop: %s came back to dnsd after dnsd forwarded it "
+                        "(an upstream leads back here); answering SERVFAIL%s",
+                        query.text(), also)
+            self._loop_logged = now
+            self._loops_unlogged = 0
+        else:
+            self._loops_unlogged += 1
+        return error_reply(query, SERVFAIL, ra=True)
+
     # --- upstream tries -----------------------------------------------------------
 
     def order(self, upstreams: Sequence[Upstream]) -> list[Upstream]:
@@ -266,8 +326,9 @@ class Forwarder:
         return self.policy.order(upstreams)[:1]
 
     async def _resolve(self, key: CacheKey, question: bytes, upstreams: Sequence[Upstream],
-                       over_tcp: bool) -> Entry | None:
-        """Ask the upstreams in order until one answers; cache what may be cached."""
+                       over_tcp: bool, marks: bytes) -> Entry | None:
+        """Ask the upstreams in order until one answers; cache what may be cached.
+        ``marks``: the forwarded-by marks to send, ours last."""
         self.stats.forwarded += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timing.deadline
@@ -277,7 +338,7 @@ class Forwarder:
                 break
             up.queries += 1
             try:
-                reply = await self._try(up, question, do, cd, over_tcp, deadline)
+                reply = await self._try(up, question, do, cd, over_tcp, deadline, marks)
             except (ExchangeError, Malformed) as exc:
                 self.stats.upstream_failures += 1
                 self.health.failed(up, str(exc))
@@ -295,7 +356,7 @@ class Forwarder:
         return None
 
     async def _try(self, up: Upstream, question: bytes, do: bool, cd: bool, over_tcp: bool,
-                   deadline: float) -> Reply:
+                   deadline: float, marks: bytes) -> Reply:
         """One upstream, UDP then TCP if truncated (TCP only for a TCP client);
         once more without EDNS if the upstream says FORMERR to our OPT."""
         loop = asyncio.get_running_loop()
@@ -308,11 +369,11 @@ class Forwarder:
                     raise ExchangeError("out of time")
                 if tcp:
                     wire = await self.exchanger.tcp(
-                        up.addr, question, do=do, cd=cd, edns=edns,
+                        up.addr, question, do=do, cd=cd, edns=edns, marks=marks,
                         timeout=min(self.timing.tcp_timeout, left))
                 else:
                     wire = await self.exchanger.udp(
-                        up.addr, question, do=do, cd=cd, edns=edns,
+                        up.addr, question, do=do, cd=cd, edns=edns, marks=marks,
                         timeout=min(self.timing.try_timeout, left))
                 reply = read_reply(wire)
                 if reply.truncated and not tcp:

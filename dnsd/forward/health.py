@@ -46,12 +46,13 @@ class Health:
     """Keeps :class:`Upstream` health up to date from the outcome of each try."""
 
     def __init__(self, exchanger: Exchanger, spawn: Spawn, *, max_fails: int,
-                 probe_interval: float, probe_timeout: float) -> None:
+                 probe_interval: float, probe_timeout: float, mark: bytes = b"") -> None:
         self.exchanger = exchanger
         self.spawn = spawn
         self.max_fails = max_fails
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
+        self.mark = mark  # the forwarder's forwarded-by mark: a probe never circles
         self.closed = False
 
     def alive(self, up: Upstream) -> None:
@@ -83,7 +84,7 @@ class Health:
                 await asyncio.sleep(self.probe_interval)
                 try:
                     await self.exchanger.udp(up.addr, PROBE_QUESTION, do=False, cd=False,
-                                             timeout=self.probe_timeout)
+                                             timeout=self.probe_timeout, marks=self.mark)
                 except ExchangeError:
                     continue
                 up.probe = None  # alive() must not cancel the task it runs in

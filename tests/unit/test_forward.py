@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import struct
 
+import dns.edns
 import dns.message
 import dns.rcode
 import pytest
@@ -18,9 +19,17 @@ from dnsd.config import load_config
 from dnsd.errors import ConfigError
 from dnsd.forward import Forwarder
 from dnsd.forward.exchange import acceptable, build_query, read_reply
-from dnsd.forward.forwarder import render
+from dnsd.forward.forwarder import forwarded_by, render
 from dnsd.forward.routes import default_upstreams, is_own
-from dnsd.wire import Malformed, Query, encode_name, error_reply, parse_query, udp_limit
+from dnsd.wire import (
+    OPTION_FORWARDED_BY,
+    Malformed,
+    Query,
+    encode_name,
+    error_reply,
+    parse_query,
+    udp_limit,
+)
 
 
 def forwarder(*argv: str, resolv_conf: str = "/nonexistent") -> Forwarder:
@@ -270,3 +279,34 @@ def test_garbage_replies_are_malformed_or_render(tail: bytes, cut: int) -> None:
         out = render(query, reply, [r.ttl for r in reply.records], limit=512)
         assert len(out) <= 512 or not reply.records
         assert out[:2] == query.wire[:2]
+
+
+# --- forwarding loops ------------------------------------------------------------------
+
+def marked_query(name: str, marks: bytes) -> Query:
+    option = dns.edns.GenericOption(OPTION_FORWARDED_BY, marks)
+    return parse_query(dns.message.make_query(name, "A", use_edns=0,
+                                              options=[option]).to_wire())
+
+
+def test_upstream_queries_carry_the_forwarded_by_marks() -> None:
+    msg = dns.message.from_wire(build_query(7, QUESTION, do=False, cd=False,
+                                            marks=b"AAAAAAAABBBBBBBB"))
+    assert [(o.otype, o.to_wire()) for o in msg.options] == [
+        (OPTION_FORWARDED_BY, b"AAAAAAAABBBBBBBB")]
+    assert not dns.message.from_wire(build_query(7, QUESTION, do=False, cd=False)).options
+
+
+def test_marks_are_read_whole() -> None:
+    assert forwarded_by(client_query("a.example.org.")) == b""
+    assert forwarded_by(marked_query("a.example.org.", b"AAAAAAAAxyz")) == b"AAAAAAAA"
+
+
+async def test_own_query_come_back_is_servfail_and_not_forwarded() -> None:
+    fwd = forwarder("--upstream", "192.0.2.1")
+    for marks in (b"AAAAAAAA" + fwd.mark, fwd.mark, b"12345678" * 8):
+        reply = dns.message.from_wire(await fwd.forward(marked_query("x.example.org.", marks),
+                                                        False))
+        assert reply.rcode() == dns.rcode.SERVFAIL and reply.flags & 0x0080
+    assert fwd.stats.loops == 3 and fwd.stats.forwarded == 0
+    await fwd.close()
