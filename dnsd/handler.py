@@ -305,10 +305,12 @@ class Handler:
         """An external service's CNAME followed through the upstreams, as Consul
         does with its recursors: stub resolvers such as glibc do not chase a
         CNAME themselves, so without the target's addresses curl would fail.
-        If the target does not resolve, the CNAME alone is the answer."""
+        If the target does not resolve, the CNAME alone is the answer; only the
+        chain from the target is taken from the upstream's reply."""
         turn = answer.next_turn() % len(answer.answers)
         sub = parse_query(question_wire(answer.targets[turn], query.qtype))
-        chased = rr.address_answers(await forwarder.forward(sub, False))
+        chased = rr.address_answers(await forwarder.forward(sub, False),
+                                    answer.targets[turn])
         full = AnswerSet(answer.rcode, (answer.answers[turn], *chased))
         return render(query, full, limit=limit, ra=ra, turn=0)
 

@@ -3,8 +3,9 @@
 - :class:`ScriptedUpstream`: a tiny DNS server (UDP and TCP on one 127.0.0.1
   port, run by a thread) answering from zone-text records, that can be told to
   time out, answer SERVFAIL or REFUSED, truncate over UDP (full answer over TCP),
-  answer with a wrong ID or a wrong question, or reject EDNS with FORMERR.
-  It records every query it receives.
+  answer with a wrong ID or a wrong question, or reject EDNS with FORMERR, and
+  can add records of other names to every answer (``poison``), as a hostile or
+  broken upstream would. It records every query it receives.
 - :class:`Dnsmasq`: Debian's dnsmasq on a free loopback port, serving a few test
   records and nothing else (``--no-resolv --no-hosts``).
 - :class:`BlackHole`: a bound UDP/TCP port that never answers (a dead upstream
@@ -80,14 +81,17 @@ class ScriptedUpstream:
     ``records`` are zone-file lines (``"a.test. 300 IN A 10.0.0.1"``). A name with
     no records gets NXDOMAIN, a name lacking the asked type NODATA; both carry
     the SOA :data:`SOA` (``soa_ttl``, ``soa_minimum``) in authority unless
-    ``negative_soa`` is False. ``mode`` (one of :data:`MODES`) and ``records``
-    may be changed while it runs.
+    ``negative_soa`` is False. ``poison`` lines are appended to the answer
+    section of every positive answer, whatever the question. ``mode`` (one of
+    :data:`MODES`) and ``records`` may be changed while it runs.
     """
 
     def __init__(self, records: Iterable[str] = (), *, mode: str = "answer",
                  soa_ttl: int = 300, soa_minimum: int = 60, negative_soa: bool = True,
-                 delay: float = 0.0, host: str = "127.0.0.1") -> None:
+                 delay: float = 0.0, host: str = "127.0.0.1",
+                 poison: Iterable[str] = ()) -> None:
         self.mode = mode
+        self.poison = [record for line in poison for record in RR.fromZone(line)]
         self.soa_ttl = soa_ttl
         self.soa_minimum = soa_minimum
         self.negative_soa = negative_soa
@@ -191,6 +195,8 @@ class ScriptedUpstream:
         matching = [rr for rr in same_name if rr.rtype == q.qtype or q.qtype == QTYPE.ANY]
         if matching:
             for rr in matching:
+                reply.add_answer(rr)
+            for rr in self.poison:
                 reply.add_answer(rr)
         else:
             if not same_name:

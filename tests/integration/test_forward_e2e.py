@@ -138,3 +138,19 @@ def test_external_service_cname_is_chased_through_the_upstream(tmp_path: Path) -
         reply = proc.query("gone.service.consul", "A")
         assert reply.rcode() == dns.rcode.NOERROR
         assert [r.rdtype for r in reply.answer] == [dns.rdatatype.CNAME]
+
+
+def test_chased_cname_keeps_only_the_chain_from_a_poisoning_upstream(tmp_path: Path) -> None:
+    """An upstream adding records of other names (one of them dnsd's own) to its
+    answer gets none of them into dnsd's authoritative answer."""
+    services = tmp_path / "services.toml"
+    services.write_text('[[services]]\nname = "search"\naddress = "search.example.test"\n'
+                        'port = 443\n')
+    poison = ["search.service.consul. 60 IN A 6.6.6.6", "evil.example.test. 60 IN A 6.6.6.7"]
+    with ScriptedUpstream(["search.example.test. 60 IN A 10.9.8.7"], poison=poison) as up, \
+            DnsdProcess(["--static", str(services), "--upstream", up.spec]) as proc:
+        reply = proc.query("search.service.consul", "A")
+        assert [rrset.to_text() for rrset in reply.answer] == [
+            "search.service.consul. 0 IN CNAME search.example.test.",
+            "search.example.test. 60 IN A 10.9.8.7"]
+        assert reply.flags & dns.flags.AA
