@@ -19,7 +19,7 @@ from dnsd.wire import CLASS_IN, encode_name
 # is echoed exactly as received, so an owner equal to the question can point there.
 QNAME_POINTER = b"\xc0\x0c"
 T_A, T_NS, T_CNAME, T_SOA, T_PTR = 1, 2, 5, 6, 12
-T_AAAA, T_SRV = 28, 33
+T_AAAA, T_SRV, T_DNAME, T_RRSIG = 28, 33, 39, 46
 
 
 class _FlatBuffer(DNSBuffer):  # type: ignore[misc]

@@ -9,6 +9,7 @@ Records are built with dnslib in ``records``. Imports: stdlib only.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 HEADER = struct.Struct("!HHHHHH")
@@ -127,6 +128,45 @@ def skip_name(wire: bytes, pos: int) -> int:
         hops += 1
         if hops > 127:
             raise Malformed("name too long")
+
+
+def read_name(wire: bytes, pos: int) -> bytes:
+    """The possibly compressed name at ``pos`` as an uncompressed wire-format
+    name, case kept; bounds-, length- and loop-checked (raises Malformed)."""
+    out = bytearray()
+    end = len(wire)
+    hops = 0
+    while True:
+        if pos >= end:
+            raise Malformed("name runs past the end")
+        length = wire[pos]
+        if length == 0:
+            out.append(0)
+            return bytes(out)
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > end:
+                raise Malformed("pointer runs past the end")
+            pos = ((length & 0x3F) << 8) | wire[pos + 1]
+            hops += 1
+            if hops > 127:
+                raise Malformed("compression pointers loop")
+            continue
+        if length & 0xC0:
+            raise Malformed("unknown label type")
+        out += wire[pos:pos + 1 + length]
+        pos += 1 + length
+        if len(out) > MAX_NAME:
+            raise Malformed("name longer than 255 octets")
+
+
+def name_suffixes(name: bytes) -> Iterable[bytes]:
+    """An uncompressed wire name and each parent, longest first, ending with the root."""
+    pos = 0
+    while pos < len(name):
+        yield name[pos:]
+        if name[pos] == 0:
+            return
+        pos += 1 + name[pos]
 
 
 def parse_query(wire: bytes) -> Query:

@@ -7,9 +7,14 @@ has QR set, our random ID, exactly one question, and that question equals ours
 case-insensitively (RFC 5452 9.1). Anything else is ignored and the wait goes on,
 so a spoofed or stray datagram costs nothing but a glance.
 
+An accepted reply's answer section is then kept to what answers the question
+(:func:`in_bailiwick`, RFC 5452 6): records about other names are not passed
+on to clients nor cached.
+
 Reading is hand-written and bounds-checked (like ``wire``): only the record
 headers are needed, and a reply that does not parse is treated as no reply.
-Imports: ``records`` (type numbers), ``wire`` and the stdlib.
+Imports: ``records`` (type numbers), ``wire``, dnslib (rebuilding a reply that
+lost records) and the stdlib.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from dnsd.records import T_SOA
+from dnslib import DNSRecord
+
+from dnsd.records import T_CNAME, T_DNAME, T_RRSIG, T_SOA
 from dnsd.wire import (
     CD,
     HEADER,
@@ -32,6 +39,8 @@ from dnsd.wire import (
     TC,
     TYPE_OPT,
     Malformed,
+    name_suffixes,
+    read_name,
     skip_name,
 )
 
@@ -143,6 +152,76 @@ def _reply(wire: bytes, flags: int, question_end: int, records: list[Record]) ->
     for rec in records:
         counts[rec.section] += 1
     return Reply(wire, flags, question_end, tuple(records), (counts[1], counts[2], counts[3]))
+
+
+QNAME_POINTER = b"\xc0\x0c"  # a name compressed to the question's, at offset 12
+
+
+def in_bailiwick(reply: Reply, qname: bytes) -> Reply:
+    """``reply`` with its answer section kept to what answers ``qname`` (a
+    lower-cased wire name): records owned by the name, by each name its CNAMEs
+    lead to (in any order), and a DNAME (with its RRSIG) owned by a parent of
+    one of those (RFC 6672). Anything else there, an address for some other
+    name, is what a poisoning upstream adds (RFC 5452 6) and is dropped. The
+    authority and additional sections are left as they are (the zone's SOA or
+    NS, glue, DNSSEC proofs): dnsd never answers another question from them.
+
+    The same ``reply`` when nothing is dropped, which is the usual case and
+    costs only reading the owners that are not the question's. Otherwise a new
+    reply, re-encoded (the records after a dropped one would move, and may
+    point into it). Raises Malformed when a name cannot be read.
+    """
+    wire = reply.wire
+    answers = [rec for rec in reply.records if rec.section == ANSWER]
+    owners = [qname if wire[rec.start:rec.start + 2] == QNAME_POINTER
+              else read_name(wire, rec.start).lower() for rec in answers]
+    if all(owner == qname for owner in owners):
+        return reply
+    chain = {qname}
+    grew = True
+    while grew:  # a CNAME chain may come in any order
+        grew = False
+        for rec, owner in zip(answers, owners, strict=True):
+            if rec.rtype == T_CNAME and owner in chain:
+                target = read_name(wire, rec.ttl_at + 6).lower()
+                if target not in chain:
+                    chain.add(target)
+                    grew = True
+    parents = {parent for name in chain for parent in list(name_suffixes(name))[1:]}
+    if all(_on_chain(owner, rec.rtype, _signs(wire, rec), chain, parents)
+           for rec, owner in zip(answers, owners, strict=True)):
+        return reply
+    try:
+        parsed = DNSRecord.parse(wire)
+        parsed.rr = [rr for rr in parsed.rr
+                     if _on_chain(_label_name(rr.rname.label), rr.rtype,
+                                  getattr(rr.rdata, "covered", None), chain, parents)]
+        rebuilt = bytes(parsed.pack())
+    except Exception:  # dnslib raises several kinds on input it cannot take
+        raise Malformed("reply cannot be re-encoded") from None
+    return read_reply(rebuilt)
+
+
+def _on_chain(owner: bytes, rtype: int, signs: int | None, chain: set[bytes],
+              parents: set[bytes]) -> bool:
+    """Whether an answer record of ``owner`` and ``rtype`` answers the question
+    (``signs``: the type an RRSIG covers)."""
+    if owner in chain:
+        return True
+    return owner in parents and (rtype == T_DNAME or (rtype == T_RRSIG and signs == T_DNAME))
+
+
+def _signs(wire: bytes, rec: Record) -> int | None:
+    """The type an RRSIG record covers (its first RDATA field), else None."""
+    if rec.rtype != T_RRSIG or rec.ttl_at + 8 > rec.end:
+        return None
+    covered: int = struct.unpack_from("!H", wire, rec.ttl_at + 6)[0]
+    return covered
+
+
+def _label_name(labels: tuple[bytes, ...]) -> bytes:
+    """dnslib's labels as a lower-cased wire name."""
+    return b"".join(bytes([len(label)]) + label for label in labels).lower() + b"\x00"
 
 
 def build_query(ident: int, question: bytes, *, do: bool, cd: bool, edns: bool = True,

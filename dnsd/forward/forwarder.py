@@ -11,7 +11,8 @@ may be cached ``cache``.
 Outcome -> reply, decided in :meth:`Forwarder.forward` only:
 - a fresh cache entry: that answer, TTLs counted down;
 - an upstream's NOERROR/NXDOMAIN (other rcodes count as that upstream failing):
-  that answer, cached per ``forward.cache``;
+  that answer, its answer section kept to the question's CNAME chain
+  (``exchange.in_bailiwick``), cached per ``forward.cache``;
 - every upstream failed, or all are down, and an expired entry is still in the
   stale window: the stale answer with short TTLs (RFC 8767);
 - every upstream failed otherwise: SERVFAIL;
@@ -43,10 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dnsd.forward.cache import Cache, CacheKey, CachePolicy, Entry, make_entry
-from dnsd.forward.exchange import ExchangeError, Exchanger, Reply, read_reply
+from dnsd.forward.exchange import ExchangeError, Exchanger, Reply, in_bailiwick, read_reply
 from dnsd.forward.health import Health, Upstream
 from dnsd.forward.policy import policy_named
-from dnsd.forward.routes import build_routes, suffixes, wire_key
+from dnsd.forward.routes import build_routes, wire_key
 from dnsd.hostport import HostPort
 from dnsd.render import fitted_reply
 from dnsd.wire import (
@@ -63,6 +64,7 @@ from dnsd.wire import (
     Query,
     edns_option,
     error_reply,
+    name_suffixes,
     name_text,
     udp_limit,
 )
@@ -116,6 +118,7 @@ class ForwardStats:
     servfail: int = 0           # SERVFAILs built because nothing could answer
     refused: int = 0
     loops: int = 0              # our own queries come back (answered SERVFAIL)
+    scrubbed: int = 0           # upstream answers that held records of other names
 
 
 def render(query: Query, reply: Reply, ttls: Sequence[int], *, limit: int) -> bytes:
@@ -287,7 +290,7 @@ class Forwarder:
         return render(query, entry.reply, ttls, limit=limit)
 
     def _in_own_zone(self, key: bytes) -> bool:
-        return any(suffix in self.own_zones for suffix in suffixes(key))
+        return any(suffix in self.own_zones for suffix in name_suffixes(key))
 
     def _looped(self, marks: bytes) -> bool:
         """True when ``marks`` hold our own mark, or more hops than any sane
@@ -339,6 +342,7 @@ class Forwarder:
             up.queries += 1
             try:
                 reply = await self._try(up, question, do, cd, over_tcp, deadline, marks)
+                answered = in_bailiwick(reply, key[0])
             except (ExchangeError, Malformed) as exc:
                 self.stats.upstream_failures += 1
                 self.health.failed(up, str(exc))
@@ -350,7 +354,11 @@ class Forwarder:
                 self.stats.upstream_failures += 1
                 log.debug("upstream %s answered rcode %d", up, reply.rcode)
                 continue
-            entry = make_entry(reply, self.now(), self.timing.cache)
+            if answered is not reply:
+                self.stats.scrubbed += 1
+                log.debug("upstream %s answered %s with records of other names; "
+                          "dropped them", up, name_text(key[0]))
+            entry = make_entry(answered, self.now(), self.timing.cache)
             self.cache.put(key, entry)
             return entry
         return None

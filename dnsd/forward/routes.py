@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from dnsd.errors import ConfigError
 from dnsd.hostport import HostPort, format_hostport
-from dnsd.wire import encode_name
+from dnsd.wire import encode_name, name_suffixes
 
 log = logging.getLogger("dnsd.forward")
 
@@ -66,16 +66,6 @@ def wire_key(domain: str) -> bytes:
     return encode_name(domain.lower())
 
 
-def suffixes(key: bytes) -> Iterable[bytes]:
-    """The wire name and each parent, longest first, ending with the root."""
-    pos = 0
-    while pos < len(key):
-        yield key[pos:]
-        if key[pos] == 0:
-            return
-        pos += 1 + key[pos]
-
-
 class Routes(Generic[U]):
     """Which upstreams a name goes to: the most specific ``--upstream-for``
     domain containing it, else the default upstreams."""
@@ -86,7 +76,7 @@ class Routes(Generic[U]):
 
     def lookup(self, key: bytes) -> tuple[U, ...]:
         if self.per_domain:
-            for suffix in suffixes(key):
+            for suffix in name_suffixes(key):
                 found = self.per_domain.get(suffix)
                 if found is not None:
                     return found

@@ -154,3 +154,17 @@ def test_chased_cname_keeps_only_the_chain_from_a_poisoning_upstream(tmp_path: P
             "search.service.consul. 0 IN CNAME search.example.test.",
             "search.example.test. 60 IN A 10.9.8.7"]
         assert reply.flags & dns.flags.AA
+
+
+def test_forwarded_answer_drops_records_of_other_names() -> None:
+    """RFC 5452 6: what the upstream adds about names it was not asked is not
+    passed on, nor cached; the chain from the question is."""
+    poison = ["web.service.consul. 60 IN A 6.6.6.6", "example.test. 60 IN A 6.6.6.7"]
+    with ScriptedUpstream(["www.example.test. 60 IN CNAME host.example.test.",
+                           "host.example.test. 60 IN A 10.1.2.3"], poison=poison) as up, \
+            DnsdProcess(["--upstream", up.spec]) as proc:
+        for _ in range(2):  # the second from the cache
+            reply = proc.query("host.example.test.")
+            assert [rrset.to_text() for rrset in reply.answer] == [
+                "host.example.test. 60 IN A 10.1.2.3"]
+        assert up.count() == 1

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Sequence
 
 import dns.edns
 import dns.message
 import dns.rcode
+import dns.rrset
 import pytest
 from dnslib import RR, DNSRecord
 from hypothesis import given, settings
@@ -18,7 +20,7 @@ from dnsd.app import forward_settings
 from dnsd.config import load_config
 from dnsd.errors import ConfigError
 from dnsd.forward import Forwarder
-from dnsd.forward.exchange import acceptable, build_query, read_reply
+from dnsd.forward.exchange import acceptable, build_query, in_bailiwick, read_reply
 from dnsd.forward.forwarder import forwarded_by, render
 from dnsd.forward.routes import default_upstreams, is_own
 from dnsd.wire import (
@@ -310,3 +312,62 @@ async def test_own_query_come_back_is_servfail_and_not_forwarded() -> None:
         assert reply.rcode() == dns.rcode.SERVFAIL and reply.flags & 0x0080
     assert fwd.stats.loops == 3 and fwd.stats.forwarded == 0
     await fwd.close()
+
+
+# --- what of an upstream's answer section is kept ------------------------------------------
+
+def scrub_case(name: str, answers: Sequence[str], *, authority: Sequence[str] = (),
+               additional: Sequence[str] = ()) -> list[str]:
+    """The records (zone text) a client gets of an upstream reply to ``name`` A,
+    the reply built (and compressed) by dnspython."""
+    msg = dns.message.make_response(dns.message.make_query(name, "A"))
+    for section, lines in ((msg.answer, answers), (msg.authority, authority),
+                           (msg.additional, additional)):
+        for line in lines:
+            owner, ttl, rdclass, rdtype, rdata = line.split(None, 4)
+            section.append(dns.rrset.from_text(owner, int(ttl), rdclass, rdtype, rdata))
+    reply = read_reply(msg.to_wire())
+    kept = in_bailiwick(reply, encode_name(name.lower()))
+    out = dns.message.from_wire(render(client_query(name), kept,
+                                       [r.ttl for r in kept.records], limit=65535))
+    return [rrset.to_text() for section in (out.answer, out.authority, out.additional)
+            for rrset in section]
+
+
+def test_answer_section_keeps_the_chain_from_the_question_only() -> None:
+    assert scrub_case("www.example.org.", [
+        "www.example.org. 60 IN CNAME edge.cdn.test.",
+        "web.service.consul. 60 IN A 6.6.6.6",
+        "edge.cdn.test. 60 IN CNAME last.cdn.test.",
+        "example.org. 60 IN A 6.6.6.7",
+        "last.cdn.test. 60 IN A 10.0.0.1",
+    ], authority=["cdn.test. 60 IN NS ns.cdn.test."],
+        additional=["ns.cdn.test. 60 IN A 10.0.0.53"]) == [
+        "www.example.org. 60 IN CNAME edge.cdn.test.",
+        "edge.cdn.test. 60 IN CNAME last.cdn.test.",
+        "last.cdn.test. 60 IN A 10.0.0.1",
+        "cdn.test. 60 IN NS ns.cdn.test.",
+        "ns.cdn.test. 60 IN A 10.0.0.53",
+    ]
+
+
+def test_chain_out_of_order_and_dname_are_kept() -> None:
+    assert scrub_case("www.old.test.", [
+        "new.test. 60 IN A 6.6.6.6",
+        "www.new.test. 60 IN A 10.0.0.2",
+        "old.test. 60 IN DNAME new.test.",
+        "old.test. 60 IN A 6.6.6.7",
+        "www.old.test. 60 IN CNAME www.new.test.",
+    ]) == [
+        "www.new.test. 60 IN A 10.0.0.2",
+        "old.test. 60 IN DNAME new.test.",
+        "www.old.test. 60 IN CNAME www.new.test.",
+    ]
+
+
+def test_clean_answer_is_the_same_reply() -> None:
+    msg = DNSRecord.question("www.example.org", "A").reply()
+    msg.add_answer(*RR.fromZone("www.example.org. 60 IN A 10.0.0.1"))
+    msg.add_answer(*RR.fromZone("www.example.org. 60 IN A 10.0.0.2"))
+    reply = read_reply(bytes(msg.pack()))
+    assert in_bailiwick(reply, encode_name("www.example.org")) is reply
