@@ -82,15 +82,18 @@ class ScriptedUpstream:
     no records gets NXDOMAIN, a name lacking the asked type NODATA; both carry
     the SOA :data:`SOA` (``soa_ttl``, ``soa_minimum``) in authority unless
     ``negative_soa`` is False. ``poison`` lines are appended to the answer
-    section of every positive answer, whatever the question. ``mode`` (one of
+    section of every positive answer, whatever the question. ``tcp_queries``:
+    answer that many queries on a TCP connection, then close it (0: no limit;
+    idle connections close after 5 s either way). ``mode`` (one of
     :data:`MODES`) and ``records`` may be changed while it runs.
     """
 
     def __init__(self, records: Iterable[str] = (), *, mode: str = "answer",
                  soa_ttl: int = 300, soa_minimum: int = 60, negative_soa: bool = True,
                  delay: float = 0.0, host: str = "127.0.0.1",
-                 poison: Iterable[str] = ()) -> None:
+                 poison: Iterable[str] = (), tcp_queries: int = 0) -> None:
         self.mode = mode
+        self.tcp_queries = tcp_queries  # >0: close a TCP connection after that many
         self.poison = [record for line in poison for record in RR.fromZone(line)]
         self.soa_ttl = soa_ttl
         self.soa_minimum = soa_minimum
@@ -151,8 +154,10 @@ class ScriptedUpstream:
     def _serve_tcp(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         with conn:
+            answered = 0
             try:
-                while not self._stop.is_set():
+                while not self._stop.is_set() and not (
+                        self.tcp_queries and answered >= self.tcp_queries):
                     head = conn.recv(2, socket.MSG_WAITALL)
                     if len(head) < 2:
                         return
@@ -160,6 +165,7 @@ class ScriptedUpstream:
                     data = conn.recv(length, socket.MSG_WAITALL)
                     for reply in self._replies(data, "tcp", conn.getpeername()[1]):
                         conn.sendall(struct.pack("!H", len(reply)) + reply)
+                    answered += 1
             except OSError:
                 return
 

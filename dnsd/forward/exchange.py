@@ -20,14 +20,14 @@ lost records) and the stdlib.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import socket
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dnslib import DNSRecord
 
+from dnsd.hostport import HostPort
 from dnsd.records import T_CNAME, T_DNAME, T_RRSIG, T_SOA
 from dnsd.wire import (
     CD,
@@ -253,102 +253,398 @@ def acceptable(reply: bytes, ident: int, question: bytes) -> bool:
     return reply[12:12 + len(question)].lower() == question.lower()
 
 
-class _UdpClient(asyncio.DatagramProtocol):
-    """One UDP query on its own connected socket; resolves with the first
-    acceptable reply. A connected socket already drops datagrams from other
-    addresses; the address is checked again in case the platform does not."""
-
-    def __init__(self, peer: tuple[str, int], ident: int, question: bytes) -> None:
-        self.peer = peer
-        self.ident = ident
-        self.question = question
-        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.ignored = 0
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.done.done():
-            return
-        if (_normal_host(str(addr[0])), addr[1]) != self.peer or \
-                not acceptable(data, self.ident, self.question):
-            self.ignored += 1
-            return
-        self.done.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable on a connected socket: nobody listens there.
-        if not self.done.done():
-            self.done.set_exception(ExchangeError(f"udp error: {exc}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(ExchangeError("udp socket closed"))
+Waiter = tuple[bytes, "asyncio.Future[bytes]"]  # (our question, the reply's future)
 
 
 def _normal_host(host: str) -> str:
     return host.split("%")[0].lower()
 
 
-@dataclass
-class Exchanger:
-    """Sends one query to one upstream over UDP or TCP with a fresh random ID
-    (and, over UDP, a fresh socket whose port the kernel picks at random)."""
+def _settle(waiters: dict[int, Waiter], data: bytes) -> bool:
+    """Hand ``data`` to the query it answers (its ID, then the rules of
+    :func:`acceptable`); False when it answers none of ``waiters``."""
+    if len(data) < 12:
+        return False
+    ident = (data[0] << 8) | data[1]
+    waiting = waiters.get(ident)
+    if waiting is None or not acceptable(data, ident, waiting[0]):
+        return False
+    del waiters[ident]
+    if not waiting[1].done():
+        waiting[1].set_result(data)
+    return True
 
-    rng: random.Random = field(default_factory=random.SystemRandom)
 
-    def new_id(self) -> int:
-        return self.rng.randrange(0, 65536)
+def _fail(waiters: dict[int, Waiter], why: str) -> None:
+    for _question, future in waiters.values():
+        if not future.done():
+            future.set_exception(ExchangeError(why))
+    waiters.clear()
 
-    async def udp(self, addr: tuple[str, int], question: bytes, *, do: bool, cd: bool,
-                  timeout: float, edns: bool = True, marks: bytes = b"") -> bytes:
-        ident = self.new_id()
+
+def _expire(future: asyncio.Future[bytes], why: str) -> None:
+    if not future.done():
+        future.set_exception(ExchangeError(why))
+
+
+class _UdpSocket(asyncio.DatagramProtocol):
+    """One connected UDP socket to one upstream, on a port the kernel picked at
+    random, carrying many queries at once: each reply goes to the query whose
+    ID and question it matches, from the upstream's address (a connected socket
+    drops other sources already; checked again in case a platform does not)."""
+
+    def __init__(self, peer: HostPort, born: float) -> None:
+        self.peer = peer
+        self.born = born
+        self.sent = 0
+        self.waiters: dict[int, Waiter] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.retired = False    # takes no new query; closes once the last is answered
+        self.ignored = 0        # datagrams that answered nothing we asked
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if (_normal_host(str(addr[0])), addr[1]) != self.peer or \
+                not _settle(self.waiters, data):
+            self.ignored += 1
+            return
+        if self.retired and not self.waiters:
+            self.close()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable on a connected socket: nobody listens at the
+        # upstream's port, so every query waiting here is lost alike.
+        _fail(self.waiters, f"udp error: {exc}")
+        self.retired = True
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.retired = True
+        _fail(self.waiters, "udp socket closed")
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _UdpPool:
+    """Up to ``size`` UDP sockets to one upstream, each replaced after
+    ``max_queries`` queries or ``max_age`` seconds, so the source port keeps
+    changing (RFC 5452 spirit) without a socket per query. A query goes out on
+    a new socket while there are fewer than ``size``, else on one chosen at
+    random."""
+
+    def __init__(self, peer: HostPort, addr: HostPort, rng: random.Random, *, size: int,
+                 max_queries: int, max_age: float) -> None:
+        self.peer = peer
+        self.addr = addr
+        self.rng = rng
+        self.size = size
+        self.max_queries = max_queries
+        self.max_age = max_age
+        self.sockets: list[_UdpSocket] = []
+        self.opening: list[asyncio.Future[_UdpSocket]] = []
+        self.retired: set[_UdpSocket] = set()
+
+    async def socket(self) -> _UdpSocket:
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-        peer = (_normal_host(addr[0]), addr[1])
-        try:
-            transport, proto = await loop.create_datagram_endpoint(
-                lambda: _UdpClient(peer, ident, question), remote_addr=addr, family=family)
-        except OSError as exc:
-            raise ExchangeError(f"udp socket: {exc}") from None
-        try:
-            transport.sendto(build_query(ident, question, do=do, cd=cd, edns=edns,
-                                         marks=marks))
-            return await asyncio.wait_for(asyncio.shield(proto.done), timeout)
-        except TimeoutError:
-            raise ExchangeError("udp timeout") from None
-        finally:
-            transport.close()
-            if not proto.done.done():
-                proto.done.cancel()
-            elif not proto.done.cancelled():
-                proto.done.exception()  # mark retrieved: never "exception never retrieved"
+        now = loop.time()
+        for sock in [s for s in self.sockets if s.retired or now - s.born >= self.max_age]:
+            self._retire(sock)
+        if len(self.sockets) + len(self.opening) < self.size:
+            return await self._open(loop, now)
+        if self.sockets:
+            return self.sockets[self.rng.randrange(len(self.sockets))]
+        # Every place is taken by a socket still being opened: share the first.
+        return await asyncio.shield(self.opening[0])
 
-    async def tcp(self, addr: tuple[str, int], question: bytes, *, do: bool, cd: bool,
-                  timeout: float, edns: bool = True, marks: bytes = b"") -> bytes:
-        ident = self.new_id()
+    async def _open(self, loop: asyncio.AbstractEventLoop, now: float) -> _UdpSocket:
+        opened: asyncio.Future[_UdpSocket] = loop.create_future()
+        self.opening.append(opened)
+        family = socket.AF_INET6 if ":" in self.addr[0] else socket.AF_INET
         try:
-            return await asyncio.wait_for(
-                self._tcp(addr, ident, question, do=do, cd=cd, edns=edns, marks=marks),
-                timeout)
+            _transport, sock = await loop.create_datagram_endpoint(
+                lambda: _UdpSocket(self.peer, now), remote_addr=self.addr, family=family)
+        except BaseException as exc:
+            error = ExchangeError(f"udp socket: {exc}") if isinstance(exc, OSError) else exc
+            opened.set_exception(error if isinstance(error, Exception)
+                                 else ExchangeError("udp socket: open abandoned"))
+            opened.exception()  # retrieved, whether anyone waits or not
+            if isinstance(error, ExchangeError):
+                raise error from None
+            raise
+        finally:
+            self.opening.remove(opened)
+        self.sockets.append(sock)
+        opened.set_result(sock)
+        return sock
+
+    def sent(self, sock: _UdpSocket) -> None:
+        sock.sent += 1
+        if sock.sent >= self.max_queries:
+            self._retire(sock)
+
+    def _retire(self, sock: _UdpSocket) -> None:
+        sock.retired = True
+        if sock in self.sockets:
+            self.sockets.remove(sock)
+        if sock.waiters:
+            self.retired.add(sock)  # closed by done() once its last query ends
+        else:
+            sock.close()
+
+    def done(self, sock: _UdpSocket) -> None:
+        """A query on ``sock`` ended (answered, timed out or cancelled)."""
+        if sock.retired and not sock.waiters:
+            self.retired.discard(sock)
+            sock.close()
+
+    def close(self) -> None:
+        for sock in [*self.sockets, *self.retired]:
+            _fail(sock.waiters, "forwarder closed")
+            sock.close()
+        self.sockets.clear()
+        self.retired.clear()
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One TCP connection to one upstream, reused and carrying several queries
+    at once (RFC 7766 6.2.1.1: pipelining; replies may come in any order and are
+    matched by ID and question). Closed after ``idle`` seconds with no query in
+    flight (RFC 7766 6.2.3), at once when ``idle`` is 0, or when the upstream
+    closes it."""
+
+    def __init__(self, pool: _TcpPool, idle: float) -> None:
+        self.pool = pool
+        self.idle = idle
+        self.waiters: dict[int, Waiter] = {}
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.closed = False
+        self.answered = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.idle > 0:
+            self._arm()  # with 0, the first query is on its way: it closes after it
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while len(buffer) >= 2:
+            length = (buffer[0] << 8) | buffer[1]
+            if len(buffer) < 2 + length:
+                break
+            message = bytes(buffer[2:2 + length])
+            del buffer[:2 + length]
+            if _settle(self.waiters, message):
+                self.answered += 1
+        if not self.waiters:
+            self._arm()
+
+    def eof_received(self) -> bool:
+        return False  # the upstream is done with this connection: close our side
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        _fail(self.waiters, "tcp: connection closed")
+        self.pool.lost(self)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and \
+            not self.transport.is_closing()
+
+    def send(self, ident: int, question: bytes, query: bytes,
+             future: asyncio.Future[bytes]) -> None:
+        assert self.transport is not None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.waiters[ident] = (question, future)
+        self.transport.write(struct.pack("!H", len(query)) + query)
+
+    def forget(self, ident: int, future: asyncio.Future[bytes]) -> None:
+        waiting = self.waiters.get(ident)
+        if waiting is not None and waiting[1] is future:
+            del self.waiters[ident]
+        if not self.waiters:
+            self._arm()
+
+    def _arm(self) -> None:
+        """No query is in flight: close now, or after ``idle`` seconds."""
+        if self.closed:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self.idle <= 0:
+            self.close()
+        else:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.idle, self.close)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _TcpPool:
+    """The open TCP connections to one upstream: a query goes on the least busy
+    one, a new one is opened only when none is open or all are busy."""
+
+    BUSY = 64           # queries in flight on one connection before another is opened
+    MAX_CONNECTIONS = 4
+
+    def __init__(self, addr: HostPort, idle: float) -> None:
+        self.addr = addr
+        self.idle = idle
+        self.connections: list[_TcpConnection] = []
+        self._connecting: asyncio.Future[_TcpConnection] | None = None
+
+    async def connection(self, fresh: bool = False) -> tuple[_TcpConnection, bool]:
+        """A connection to send on, and whether it was opened for this query."""
+        open_ones = [c for c in self.connections if c.usable]
+        if open_ones and not fresh:
+            best = min(open_ones, key=lambda c: len(c.waiters))
+            if len(best.waiters) < self.BUSY or len(open_ones) >= self.MAX_CONNECTIONS:
+                return best, False
+        if self._connecting is not None and not fresh:
+            return await asyncio.shield(self._connecting), False
+        loop = asyncio.get_running_loop()
+        connecting: asyncio.Future[_TcpConnection] = loop.create_future()
+        if not fresh:
+            self._connecting = connecting
+        try:
+            _transport, conn = await loop.create_connection(
+                lambda: _TcpConnection(self, self.idle), self.addr[0], self.addr[1])
+        except BaseException as exc:
+            # Whoever waits on this connect gets an error of its own kind, never
+            # the opener's cancellation.
+            connecting.set_exception(exc if isinstance(exc, Exception)
+                                     else ExchangeError("tcp: connect abandoned"))
+            connecting.exception()  # retrieved, whether anyone waits or not
+            raise
+        finally:
+            if self._connecting is connecting:
+                self._connecting = None
+        self.connections.append(conn)
+        connecting.set_result(conn)
+        return conn, True
+
+    def lost(self, conn: _TcpConnection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+        self.connections.clear()
+
+
+class Exchanger:
+    """Sends one query to one upstream over UDP or TCP with a fresh random ID.
+
+    UDP goes out on a small pool of sockets per upstream (see :class:`_UdpPool`)
+    rather than a new socket per query: opening one costs more than the query,
+    and at thousands of queries a second it starved the event loop. A TCP
+    connection carries every query that comes while it is open, several in
+    flight at once (RFC 7766), and is closed ``tcp_idle`` seconds after its last
+    reply. The default is 0, closing it then: an upstream that serves TCP in its
+    only process (dnsmasq in debug mode, ``-d``, forks no child for TCP) answers
+    no UDP at all while a connection to it stays open. Call :meth:`close` to
+    release every socket.
+    """
+
+    def __init__(self, rng: random.Random | None = None, *, udp_sockets: int = 16,
+                 socket_queries: int = 100, socket_seconds: float = 10.0,
+                 tcp_idle: float = 0.0) -> None:
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.udp_sockets = udp_sockets
+        self.socket_queries = socket_queries
+        self.socket_seconds = socket_seconds
+        self.tcp_idle = tcp_idle
+        self._udp: dict[HostPort, _UdpPool] = {}
+        self._tcp: dict[HostPort, _TcpPool] = {}
+
+    def new_id(self, taken: dict[int, Waiter]) -> int:
+        """A random ID not in flight on the same socket or connection."""
+        while True:
+            ident = self.rng.randrange(0, 65536)
+            if ident not in taken:
+                return ident
+
+    async def udp(self, addr: HostPort, question: bytes, *, do: bool, cd: bool,
+                  timeout: float, edns: bool = True, marks: bytes = b"") -> bytes:
+        pool = self._udp.get(addr)
+        if pool is None:
+            pool = self._udp[addr] = _UdpPool(
+                (_normal_host(addr[0]), addr[1]), addr, self.rng, size=self.udp_sockets,
+                max_queries=self.socket_queries, max_age=self.socket_seconds)
+        sock = await pool.socket()
+        loop = asyncio.get_running_loop()
+        ident = self.new_id(sock.waiters)
+        future: asyncio.Future[bytes] = loop.create_future()
+        sock.waiters[ident] = (question, future)
+        timer = loop.call_later(timeout, _expire, future, "udp timeout")
+        try:
+            assert sock.transport is not None
+            sock.transport.sendto(build_query(ident, question, do=do, cd=cd, edns=edns,
+                                              marks=marks))
+            pool.sent(sock)
+            return await future
+        finally:
+            timer.cancel()
+            waiting = sock.waiters.get(ident)
+            if waiting is not None and waiting[1] is future:
+                del sock.waiters[ident]
+            pool.done(sock)
+
+    async def tcp(self, addr: HostPort, question: bytes, *, do: bool, cd: bool,
+                  timeout: float, edns: bool = True, marks: bytes = b"") -> bytes:
+        pool = self._tcp.get(addr)
+        if pool is None:
+            pool = self._tcp[addr] = _TcpPool(addr, self.tcp_idle)
+        try:
+            async with asyncio.timeout(timeout):
+                conn, fresh = await pool.connection()
+                try:
+                    return await self._ask(conn, question, do, cd, edns, marks)
+                except ExchangeError:
+                    if fresh or conn.usable:
+                        raise
+                # The upstream had closed the reused connection before our query
+                # reached it (RFC 7766 6.2.3 lets it close an idle one): once
+                # more on a new connection.
+                conn, _ = await pool.connection(fresh=True)
+                return await self._ask(conn, question, do, cd, edns, marks)
         except TimeoutError:
             raise ExchangeError("tcp timeout") from None
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except OSError as exc:
             raise ExchangeError(f"tcp: {exc}") from None
 
-    async def _tcp(self, addr: tuple[str, int], ident: int, question: bytes, *, do: bool,
-                   cd: bool, edns: bool, marks: bytes) -> bytes:
-        reader, writer = await asyncio.open_connection(addr[0], addr[1])
+    async def _ask(self, conn: _TcpConnection, question: bytes, do: bool, cd: bool,
+                   edns: bool, marks: bytes) -> bytes:
+        if not conn.usable:
+            raise ExchangeError("tcp: connection closed")
+        ident = self.new_id(conn.waiters)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        conn.send(ident, question, build_query(ident, question, do=do, cd=cd, edns=edns,
+                                               marks=marks), future)
         try:
-            query = build_query(ident, question, do=do, cd=cd, edns=edns, marks=marks)
-            writer.write(struct.pack("!H", len(query)) + query)
-            await writer.drain()
-            # RFC 7766 allows unrelated messages on a stream; skip any that do not match.
-            for _ in range(8):
-                (length,) = struct.unpack("!H", await reader.readexactly(2))
-                reply = await reader.readexactly(length)
-                if acceptable(reply, ident, question):
-                    return reply
-            raise ExchangeError("tcp: no matching reply")
+            return await future
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            conn.forget(ident, future)
+
+    def close(self) -> None:
+        """Close every socket and connection; queries in flight fail."""
+        for udp in self._udp.values():
+            udp.close()
+        for tcp in self._tcp.values():
+            tcp.close()
+        self._udp.clear()
+        self._tcp.clear()

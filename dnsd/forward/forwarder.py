@@ -80,7 +80,7 @@ LOOP_LOG_INTERVAL = 60.0  # seconds between two log lines about forwarding loops
 
 @dataclass(frozen=True, slots=True)
 class ForwardTiming:
-    """Timing, health and cache knobs; the defaults are what dnsd runs with."""
+    """Timing, health, cache and socket knobs; the defaults are what dnsd runs with."""
 
     try_timeout: float = 1.0       # per upstream try over UDP: a stub waits 5 s in all
     tcp_timeout: float = 1.5       # per TCP try: a handshake more than UDP
@@ -91,6 +91,14 @@ class ForwardTiming:
     max_fails: int = 1
     probe_interval: float = 0.5    # how often a down upstream is probed
     cache: CachePolicy = field(default_factory=CachePolicy)
+    # Upstream sockets (forward.exchange): UDP sockets per upstream, each on its
+    # own random port and replaced after so many queries or seconds; idle
+    # seconds before a TCP connection is closed (0: after its last reply, as
+    # some upstreams answer no UDP while a TCP connection to them is open).
+    udp_sockets: int = 16
+    socket_queries: int = 100
+    socket_seconds: float = 10.0
+    tcp_idle: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +171,11 @@ class Forwarder:
         self.timing = settings.timing
         self.now = now
         self.rng = rng or random.Random()
-        self.exchanger = Exchanger(random.SystemRandom() if rng is None else rng)
+        self.exchanger = Exchanger(random.SystemRandom() if rng is None else rng,
+                                   udp_sockets=self.timing.udp_sockets,
+                                   socket_queries=self.timing.socket_queries,
+                                   socket_seconds=self.timing.socket_seconds,
+                                   tcp_idle=self.timing.tcp_idle)
         self.policy = policy_named(settings.policy, self.rng)
         # This process's forwarded-by mark (see "Forwarding loops"): random, so
         # two dnsd on different hosts never share one.
@@ -202,7 +214,8 @@ class Forwarder:
             log.info("forwarding %s to %s", name_text(key), ", ".join(map(str, ups)))
 
     async def close(self) -> None:
-        """Cancel every task this forwarder started and wait for them."""
+        """Cancel every task this forwarder started, wait for them, and close
+        the upstream sockets."""
         self.health.closed = True
         tasks = list(self._tasks)
         for task in tasks:
@@ -210,6 +223,7 @@ class Forwarder:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._inflight.clear()
+        self.exchanger.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)

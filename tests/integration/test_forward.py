@@ -4,6 +4,7 @@ and the scripted test upstream. Cache time is a fake clock; timeouts are real.""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import random
 import time
@@ -239,6 +240,59 @@ async def test_random_id_and_source_port_per_upstream_query(closing) -> None:
         ports = {r.source_port for r in up.received}
         assert len(ids) >= 7 and len(ports) >= 7
         assert all(r.qname == r.qname.lower() and r.edns for r in up.received)
+
+
+async def test_udp_sockets_are_reused_and_rotated(closing) -> None:
+    """A few sockets carry many queries (opening one per query starved the loop
+    under load), and each is replaced after a few, so the source port keeps
+    changing (RFC 5452 spirit)."""
+    with ScriptedUpstream(RECORDS) as up:
+        fwd = make_forwarder(up.spec, timing=ForwardTiming(udp_sockets=4, socket_queries=5))
+        closing.append(fwd)
+        for i in range(40):
+            await ask(fwd, f"seq{i}.test.")
+        ports = {r.source_port for r in up.received}
+        assert 4 < len(ports) < 40
+        assert all(n <= 5 for n in collections.Counter(
+            r.source_port for r in up.received).values())
+
+
+async def test_concurrent_udp_queries_share_sockets_and_get_their_own_replies(closing) -> None:
+    records = [f"n{i}.test. 60 IN A 10.2.0.{i}" for i in range(30)]
+    with ScriptedUpstream(records, delay=0.01) as up:
+        fwd = make_forwarder(up.spec, timing=ForwardTiming(udp_sockets=3))
+        closing.append(fwd)
+        replies = await asyncio.gather(*(ask(fwd, f"n{i}.test.") for i in range(30)))
+        assert [addresses(r) for r in replies] == [[f"10.2.0.{i}"] for i in range(30)]
+        assert len({r.source_port for r in up.received}) <= 3
+        per_port = collections.defaultdict(list)
+        for r in up.received:
+            per_port[r.source_port].append(r.ident)
+        assert all(len(set(ids)) == len(ids) for ids in per_port.values())
+
+
+async def test_concurrent_tcp_queries_share_one_connection(closing) -> None:
+    """RFC 7766 6.2.1.1: queries in flight together go on one connection."""
+    records = [f"t{i}.test. 60 IN A 10.3.0.{i}" for i in range(10)]
+    with ScriptedUpstream(records, delay=0.02) as up:
+        fwd = make_forwarder(up.spec)
+        closing.append(fwd)
+        replies = await asyncio.gather(*(ask(fwd, f"t{i}.test.", tcp=True) for i in range(10)))
+        assert [addresses(r) for r in replies] == [[f"10.3.0.{i}"] for i in range(10)]
+        assert up.count("tcp") == 10 and up.count("udp") == 0
+        assert len({r.source_port for r in up.received}) < 10
+
+
+async def test_tcp_connection_the_upstream_closed_is_replaced(closing) -> None:
+    """A kept connection the upstream has closed (RFC 7766 6.2.3 lets it) costs
+    nothing: the query goes on a new one."""
+    with ScriptedUpstream(RECORDS, tcp_queries=1) as up:
+        fwd = make_forwarder(up.spec, timing=ForwardTiming(tcp_idle=5.0))
+        closing.append(fwd)
+        for i in range(4):
+            assert addresses(await ask(fwd, f"a{i}.test.", "A", tcp=True)) == [], i
+            await asyncio.sleep(0.05)
+        assert up.count("tcp") == 4 and fwd.stats.servfail == 0
 
 
 async def test_formerr_to_edns_is_retried_without_it(closing) -> None:
