@@ -61,14 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--outstanding", type=int, default=200,
                         help="dnsperf -q for the forwarding load (default 200)")
+    parser.add_argument("--flood-qps", type=int, default=0,
+                        help="rate of the forwarding load (default 0: as fast as it goes)")
     parser.add_argument("--zone-qps", type=int, default=1000,
                         help="rate of the in-zone latency run (default 1000)")
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
 
     reg = Registry(50, 3)
+    rate = f"-Q {args.flood_qps}" if args.flood_qps else "no rate limit"
     out = [f"random out-of-zone names against a dnsmasq upstream: {args.seconds:g} s of "
-           f"dnsperf -c {args.clients} -q {args.outstanding}; in-zone A at {args.zone_qps} qps"]
+           f"dnsperf -c {args.clients} -q {args.outstanding} ({rate}); in-zone A at "
+           f"{args.zone_qps} qps"]
     with tempfile.TemporaryDirectory(prefix="dnsd-fwdload-") as tmp:
         work = Path(tmp)
         (work / "services.toml").write_text(reg.dnsd_toml())
@@ -97,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 names.write_text(random_names(args.names, round_no))
                 load: list[dnsperf.PerfResult] = []
                 flood_argv = dnsperf.command(dnsd.port, names, seconds=args.seconds,
-                                             clients=args.clients,
+                                             clients=args.clients, max_qps=args.flood_qps,
                                              outstanding=args.outstanding)
                 flood = threading.Thread(
                     target=lambda argv=flood_argv, into=load: into.append(dnsperf.run(argv)))
