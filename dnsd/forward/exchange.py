@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from dnslib import DNSRecord
 
 from dnsd.hostport import HostPort
-from dnsd.records import T_CNAME, T_DNAME, T_RRSIG, T_SOA
+from dnsd.records import QNAME_POINTER, T_CNAME, T_DNAME, T_RRSIG, T_SOA
 from dnsd.wire import (
     CD,
     HEADER,
@@ -152,9 +152,6 @@ def _reply(wire: bytes, flags: int, question_end: int, records: list[Record]) ->
     for rec in records:
         counts[rec.section] += 1
     return Reply(wire, flags, question_end, tuple(records), (counts[1], counts[2], counts[3]))
-
-
-QNAME_POINTER = b"\xc0\x0c"  # a name compressed to the question's, at offset 12
 
 
 def in_bailiwick(reply: Reply, qname: bytes) -> Reply:
