@@ -5,7 +5,7 @@ background (". NS", any well-formed reply will do) until it answers again.
 A down upstream is still routed to; the forwarder only prefers the others (see
 ``Forwarder.order``). Probes run as tasks the owner starts and tracks (its
 ``spawn``), so the owner's shutdown cancels them. Imports: ``hostport``,
-``forward.exchange``.
+``records``, ``wire``, ``forward.exchange``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from typing import Any
 
 from dnsd.forward.exchange import ExchangeError, Exchanger
 from dnsd.hostport import HostPort, format_hostport
+from dnsd.records import T_NS
+from dnsd.wire import CLASS_IN
 
 log = logging.getLogger("dnsd.forward")
 
-PROBE_QUESTION = b"\x00" + struct.pack("!HH", 2, 1)  # ". NS IN": cheap, any answer will do
+PROBE_QUESTION = b"\x00" + struct.pack("!HH", T_NS, CLASS_IN)  # ". NS IN": any answer will do
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
