@@ -13,8 +13,8 @@ on to clients nor cached.
 
 Reading is hand-written and bounds-checked (like ``wire``): only the record
 headers are needed, and a reply that does not parse is treated as no reply.
-Imports: ``records`` (type numbers), ``wire``, dnslib (rebuilding a reply that
-lost records) and the stdlib.
+Imports: ``hostport``, ``records`` (type numbers), ``wire``, dnslib (rebuilding a
+reply that lost records) and the stdlib.
 """
 
 from __future__ import annotations
