@@ -4,24 +4,22 @@ This is the one place that decides rcodes for in-zone names (see
 :meth:`Answerer.lookup`). It is pure apart from its cache of built answers, which
 is keyed by snapshot version: a new snapshot empties it for free. Records are
 built once per (snapshot, name, type) and rendered per query by :func:`render`,
-which rotates and fits them. Imports: ``model``, ``names``, ``records``,
-``table``, ``wire``.
+which rotates them and has ``dnsd.render`` fit them. Imports: ``model``,
+``names``, ``records``, ``render``, ``table``, ``wire``.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dnsd import records as rr
 from dnsd.model import AddressKind, Health, Instance
 from dnsd.names import ZoneName, hex_address, parse_reverse, parse_zone_name, split_zone
+from dnsd.render import fitted_reply
 from dnsd.replycache import ANSWERS_BYTES, ENTRY_OVERHEAD, ReplyCache
 from dnsd.table import Snapshot
-from dnsd.wire import MAX_UDP, NOERROR, NXDOMAIN, Query, opt_record, reply_flags
-
-CLASS_ANY = 255
+from dnsd.wire import NOERROR, NXDOMAIN, T_ANY, Query
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +152,7 @@ class Answerer:
         labels = query.labels()
         found = split_zone(labels, self._zones)
         if found is None:
-            if query.qtype in (rr.T_PTR, rr.T_ANY):
+            if query.qtype in (rr.T_PTR, T_ANY):
                 return self._reverse(labels, snapshot)
             return None
         index, relative = found
@@ -198,7 +196,7 @@ class _Builder:
         return AnswerSet(NOERROR, authority=(self.soa(),))
 
     def wants(self, rtype: int) -> bool:
-        return self.qtype == rtype or self.qtype == rr.T_ANY
+        return self.qtype == rtype or self.qtype == T_ANY
 
     def build(self, parsed: ZoneName) -> AnswerSet:
         if parsed.kind == "apex":
@@ -289,27 +287,16 @@ class _Builder:
         return AnswerSet(NOERROR, tuple(answers), extras=tuple(extras))
 
 
-def _fit(records: Sequence[bytes], size: int, limit: int) -> tuple[list[bytes], int, bool]:
-    """The leading records that fit within ``limit``, the new size, and whether
-    any had to be left out."""
-    kept: list[bytes] = []
-    for record in records:
-        if size + len(record) > limit:
-            return kept, size, True
-        size += len(record)
-        kept.append(record)
-    return kept, size, False
-
-
 def render(query: Query, answer: AnswerSet, *, limit: int, answer_cap: int = 0,
            ra: bool = False, turn: int | None = None) -> bytes:
-    """The reply to ``query``: rotated, capped, and fitted into ``limit`` bytes.
+    """The reply to ``query``: rotated, capped, and fitted into ``limit`` bytes
+    by :func:`dnsd.render.fitted_reply` (whole records; additional records dropped
+    first without TC; TC when answers or authority do not fit).
 
-    Whole records only. Additional records are dropped first, without TC (RFC
-    2181 9: they are optional); when answer or authority records do not fit,
-    as many as fit are kept and TC is set so the client retries over TCP.
     ``answer_cap`` (Consul's udp_answer_limit) trims answers without TC.
     ``turn`` picks the rotation; by default the answer set's own counter does.
+    Each record is built to stand alone, so each additional record is a unit of
+    its own, and an SRV target's address goes with its SRV record.
     """
     answers = answer.answers
     extras = answer.extras
@@ -326,27 +313,6 @@ def render(query: Query, answer: AnswerSet, *, limit: int, answer_cap: int = 0,
             answers = answers[:1]
         if answer_cap and len(answers) > answer_cap:
             answers = answers[:answer_cap]
-    opt = opt_record(MAX_UDP, query.edns.do) if query.edns is not None else b""
-    size = 12 + len(query.question) + len(opt)
-    kept_answers, size, tc = _fit(answers, size, limit)
-    kept_authority: list[bytes] = []
-    kept_additional: list[bytes] = []
-    if not tc:
-        kept_authority, size, tc = _fit(answer.authority, size, limit)
-    if not tc:
-        pending = list(answer.additional)
-        if extras:
-            pending = [r for group in extras[:len(kept_answers)] for r in group] + pending
-        seen: set[bytes] = set()
-        for record in pending:
-            if record in seen:
-                continue
-            seen.add(record)
-            if size + len(record) <= limit:
-                size += len(record)
-                kept_additional.append(record)
-    flags = reply_flags(query, answer.rcode, aa=True, ra=ra, tc=tc)
-    header = struct.pack("!HHHHHH", query.id, flags, 1, len(kept_answers),
-                         len(kept_authority), len(kept_additional) + (1 if opt else 0))
-    return b"".join((header, query.question, *kept_answers, *kept_authority,
-                     *kept_additional, opt))
+    additional = [(record,) for record in answer.additional] if answer.additional else ()
+    return fitted_reply(query, answer.rcode, limit=limit, aa=True, ra=ra, answers=answers,
+                        authority=answer.authority, additional=additional, extras=extras)

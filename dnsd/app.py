@@ -17,9 +17,10 @@ from dnsd import logs
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import RESTART_ONLY, Config
 from dnsd.errors import DnsdError, StateFileError
-from dnsd.forward import Forwarder
+from dnsd.forward import Forwarder, ForwardSettings
 from dnsd.handler import Handler
-from dnsd.listen import Listener, bind_error, bind_pair, format_hostport, listen
+from dnsd.hostport import format_hostport
+from dnsd.listen import Listener, bind_error, bind_pair, listen
 from dnsd.metrics import MetricsInputs, MetricsServer
 from dnsd.model import View
 from dnsd.ratelimit import RateLimiter
@@ -103,7 +104,7 @@ class App:
     def _forwarder(self) -> Forwarder | None:
         if self.config.no_forward:
             return None
-        forwarder = Forwarder(self.config)
+        forwarder = Forwarder(forward_settings(self.config))
         return forwarder if forwarder.enabled else None
 
     # --- the Sink the sources report to -------------------------------------
@@ -360,3 +361,9 @@ def zone_settings(cfg: Config) -> ZoneSettings:
                          if not ipaddress.ip_address(host).is_unspecified)
     return ZoneSettings(domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
                         only_passing=cfg.only_passing, ns_addresses=ns_addresses)
+
+
+def forward_settings(cfg: Config) -> ForwardSettings:
+    """Forwarding's own settings, taken from the whole configuration."""
+    return ForwardSettings(upstreams=cfg.upstream, upstream_for=cfg.upstream_for,
+                           policy=cfg.upstream_policy, listen=cfg.listen, domains=cfg.domains)

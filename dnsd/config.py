@@ -4,7 +4,8 @@ into one frozen :class:`Config`.
 Precedence is flag > environment > file > default. Every option has the same
 name in all three places (``--udp-answer-limit``, ``DNSD_UDP_ANSWER_LIMIT``,
 ``udp_answer_limit``). Parsing raises :class:`ConfigError` with one line naming
-the bad option; it never exits (only ``cli`` does). Imports: ``errors``, ``model``.
+the bad option; it never exits (only ``cli`` does). Imports: ``errors``, ``hostport``,
+``model``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from urllib.parse import urlparse
 
 from dnsd import __version__
 from dnsd.errors import ConfigError
+from dnsd.hostport import HostPort, parse_hostport
 from dnsd.model import is_hostname, is_label
-
-HostPort = tuple[str, int]
 
 DEFAULT_ALLOW_RECURSION = (
     "127.0.0.0/8", "::1/128",            # loopback
@@ -76,45 +76,6 @@ class Config:
 
 
 # --- value parsers: str (or TOML value) -> typed value; raise ValueError with the reason
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise ValueError(f"port {text!r} is not a number from 0 to 65535")
-    return int(text)
-
-
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address") from None
-
-
-def parse_hostport(text: str, default_port: int | None = None) -> HostPort:
-    """``ADDR:PORT``, ``[V6]:PORT``; with ``default_port``, also ``ADDR`` and bare ``V6``."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError(f"{text!r} has no closing ']'")
-        if not rest:
-            if default_port is None:
-                raise ValueError(f"{text!r} needs a port: [ADDR]:PORT")
-            return _ip(host), default_port
-        if not rest.startswith(":"):
-            raise ValueError(f"{text!r} is not [ADDR]:PORT")
-        return _ip(host), _port(rest[1:])
-    if text.count(":") > 1:  # a bare IPv6 address
-        if default_port is None:
-            raise ValueError(f"{text!r}: write IPv6 with a port as [ADDR]:PORT")
-        return _ip(text), default_port
-    host, sep, port = text.partition(":")
-    if not sep:
-        if default_port is None:
-            raise ValueError(f"{text!r} needs a port: ADDR:PORT")
-        return _ip(host), default_port
-    return _ip(host), _port(port)
 
 
 def _listen(text: str) -> HostPort:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from dnsd import records as rr
-from dnsd.answer import CLASS_ANY, Answerer, AnswerSet, render
+from dnsd.answer import Answerer, AnswerSet, render
 from dnsd.ratelimit import RateLimiter, Verdict
 from dnsd.replycache import (
     CLIENTS_BYTES,
@@ -35,13 +35,17 @@ from dnsd.stats import QueryStats
 from dnsd.table import Table
 from dnsd.wire import (
     BADVERS,
+    CLASS_ANY,
+    CLASS_IN,
     FORMERR,
+    MAX_TCP,
     MAX_UDP,
     NOTIMP,
     OPCODE_QUERY,
     RD,
     REFUSED,
     SERVFAIL,
+    T_ANY,
     Malformed,
     Query,
     error_reply,
@@ -54,12 +58,7 @@ from dnsd.wire import (
 log = logging.getLogger("dnsd.handler")
 query_log = logging.getLogger("dnsd.query")
 
-CLASS_IN = 1
-QTYPE_ANY = 255
-QTYPE_A = 1
-QTYPE_AAAA = 28
 ZONE_TRANSFERS = (251, 252)  # IXFR, AXFR: not served (RFC 5936 allows REFUSED)
-TCP_LIMIT = 65535
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Reply = bytes | None
@@ -273,7 +272,7 @@ class Handler:
             result = self._answer(query, client, over_tcp)
         except Exception:
             log.exception("internal error answering a query from %s", client)
-            result = error_reply(wire, SERVFAIL, query)
+            result = error_reply(wire if query is None else query, SERVFAIL)
         if result is None or isinstance(result, bytes):
             return self._finish(query, result, client, over_tcp, started)
         return self._finish_later(query, result, client, over_tcp, started)
@@ -291,18 +290,18 @@ class Handler:
 
     def _answer(self, query: Query, client: str, over_tcp: bool) -> Reply | Awaitable[bytes]:
         if query.opcode != OPCODE_QUERY:
-            return error_reply(query.wire, NOTIMP, query)
+            return error_reply(query, NOTIMP)
         if query.edns is not None and query.edns.version != 0:
-            return error_reply(query.wire, BADVERS, query)
+            return error_reply(query, BADVERS)
         if query.qclass not in (CLASS_IN, CLASS_ANY) or query.qtype in ZONE_TRANSFERS:
-            return error_reply(query.wire, REFUSED, query)
+            return error_reply(query, REFUSED)
         answer: AnswerSet | None = self.answerer.lookup(query, self.table.snapshot)
         ra = self.forwarder is not None
         if answer is not None:
-            if query.qtype == QTYPE_ANY and not over_tcp:
+            if query.qtype == T_ANY and not over_tcp:
                 answer = answer.one_rrset()
-            limit = TCP_LIMIT if over_tcp else udp_limit(query)
-            if (answer.targets and query.qtype in (QTYPE_A, QTYPE_AAAA)
+            limit = MAX_TCP if over_tcp else udp_limit(query)
+            if (answer.targets and query.qtype in (rr.T_A, rr.T_AAAA)
                     and self.forwarder is not None and self.recursion_allowed(client)):
                 return self._chase(self.forwarder, query, answer, limit, ra)
             cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
@@ -330,17 +329,19 @@ class Handler:
                 self._forwarded[over_tcp].put(key, ForwardedReply(
                     int(time.monotonic()), hit[2:], query.qtype, len(key)))
             return hit
-        return error_reply(query.wire, REFUSED, query, ra=ra)
+        return error_reply(query, REFUSED, ra=ra)
 
     async def _chase(self, forwarder: Forwarder, query: Query, answer: AnswerSet, limit: int,
                      ra: bool) -> bytes:
         """An external service's CNAME followed through the upstreams, as Consul
         does with its recursors: stub resolvers such as glibc do not chase a
         CNAME themselves, so without the target's addresses curl would fail.
-        If the target does not resolve, the CNAME alone is the answer."""
+        If the target does not resolve, the CNAME alone is the answer; only the
+        chain from the target is taken from the upstream's reply."""
         turn = answer.next_turn() % len(answer.answers)
         sub = parse_query(question_wire(answer.targets[turn], query.qtype))
-        chased = rr.address_answers(await forwarder.forward(sub, False))
+        chased = rr.address_answers(await forwarder.forward(sub, False),
+                                    answer.targets[turn])
         full = AnswerSet(answer.rcode, (answer.answers[turn], *chased))
         return render(query, full, limit=limit, ra=ra, turn=0)
 
@@ -363,7 +364,7 @@ class Handler:
             reply = await pending
         except Exception:
             log.exception("internal error forwarding a query from %s", client)
-            reply = error_reply(query.wire, SERVFAIL, query) if query is not None else None
+            reply = error_reply(query, SERVFAIL) if query is not None else None
         return self._finish(query, reply, client, over_tcp, started)
 
     def _finish(self, query: Query | None, reply: Reply, client: str, over_tcp: bool,

@@ -4,7 +4,7 @@ the server's protocol classes.
 Port 0 picks one port free for both protocols (the UDP socket chooses, TCP must
 get the same one; it is retried when TCP finds it taken). ``pick_ports`` does
 that once for ``--workers``, whose processes then all bind the chosen ports
-with SO_REUSEPORT. Imports: ``server``.
+with SO_REUSEPORT. Imports: ``errors``, ``hostport``, ``server``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dnsd.errors import DnsdError
+from dnsd.hostport import HostPort, format_hostport
 from dnsd.server import HandleFn, Tasks, TcpLimits, TcpProtocol, UdpSocket
 
-HostPort = tuple[str, int]
 PORT_ATTEMPTS = 20  # port 0: how many UDP-chosen ports to try before giving up
 TCP_BACKLOG = 1024
-
-
-def format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ListenError(DnsdError):

@@ -13,15 +13,13 @@ import struct
 from dnslib import AAAA, CNAME, NS, PTR, RD, SOA, SRV, A, DNSRecord
 from dnslib.label import DNSBuffer
 
-from dnsd.wire import encode_name
+from dnsd.wire import CLASS_IN, encode_name
 
 # The question name always starts at offset 12 (RFC 1035 4.1.4 pointer), and it
 # is echoed exactly as received, so an owner equal to the question can point there.
 QNAME_POINTER = b"\xc0\x0c"
-CLASS_IN = 1
-
 T_A, T_NS, T_CNAME, T_SOA, T_PTR = 1, 2, 5, 6, 12
-T_AAAA, T_SRV, T_ANY = 28, 33, 255
+T_AAAA, T_SRV, T_DNAME, T_RRSIG = 28, 33, 39, 46
 
 
 class _FlatBuffer(DNSBuffer):  # type: ignore[misc]
@@ -80,17 +78,37 @@ def soa(owner: bytes, zone: str, serial: int, minimum: int) -> bytes:
     return record(owner, T_SOA, minimum, rd)
 
 
-def address_answers(reply: bytes) -> list[bytes]:
-    """The A, AAAA and CNAME records of a NOERROR reply's answer section, each
-    re-encoded to stand alone; [] for any other reply (or one that won't parse)."""
+def address_answers(reply: bytes, target: str) -> list[bytes]:
+    """The CNAME chain that starts at ``target`` in a NOERROR reply's answer
+    section, with the A and AAAA records of the names on it, each re-encoded to
+    stand alone, in the reply's order; [] for any other reply (or one that won't
+    parse). Records of other owners are left out: they go into an authoritative
+    answer of dnsd's, and an upstream, wrong or hostile, must not be able to put
+    records for other names there (least of all dnsd's own)."""
     try:
         parsed = DNSRecord.parse(reply)
     except Exception:  # dnslib raises several kinds on bad input
         return []
     if parsed.header.rcode != 0:
         return []
-    return [record(name(str(r.rname)), r.rtype, r.ttl, r.rdata) for r in parsed.rr
-            if r.rtype in (T_A, T_AAAA, T_CNAME)]
+    found = [r for r in parsed.rr if r.rtype in (T_A, T_AAAA, T_CNAME)]
+    chain = {_folded(target)}
+    grew = True
+    while grew:  # the chain's CNAMEs may come in any order
+        grew = False
+        for r in found:
+            if r.rtype == T_CNAME and _folded(str(r.rname)) in chain:
+                next_name = _folded(str(r.rdata.label))
+                if next_name not in chain:
+                    chain.add(next_name)
+                    grew = True
+    return [record(name(str(r.rname)), r.rtype, r.ttl, r.rdata) for r in found
+            if _folded(str(r.rname)) in chain]
+
+
+def _folded(text: str) -> str:
+    """A name for comparing: lower case, no trailing dot (RFC 4343)."""
+    return text.rstrip(".").lower()
 
 
 def name(text: str) -> bytes:

@@ -9,6 +9,7 @@ Records are built with dnslib in ``records``. Imports: stdlib only.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 HEADER = struct.Struct("!HHHHHH")
@@ -21,10 +22,19 @@ AD = 0x0020
 CD = 0x0010
 
 OPCODE_QUERY = 0
-TYPE_OPT = 41
-MAX_NAME = 255
+TYPE_OPT = 41     # the EDNS0 pseudo-record (RFC 6891 6.1.1)
+T_ANY = 255       # QTYPE "*" (RFC 1035 3.2.3)
+CLASS_IN = 1
+CLASS_ANY = 255   # QCLASS "*" (RFC 1035 3.2.5)
+MAX_NAME = 255    # octets in a wire-format name (RFC 1035 2.3.4)
 MIN_UDP = 512     # RFC 1035 4.2.1
-MAX_UDP = 1232    # DNS flag day 2020: the EDNS0 size that avoids IP fragmentation
+# DNS flag day 2020: the EDNS0 size that avoids IP fragmentation. It is both the
+# size we advertise (to clients and upstreams) and the cap on a client's size.
+MAX_UDP = 1232
+MAX_TCP = 65535   # a TCP message's 2-byte length prefix (RFC 1035 4.2.2)
+# An EDNS0 option from the local/experimental range (RFC 6891 9): the marks of
+# the dnsd processes a query was forwarded by, to find forwarding loops.
+OPTION_FORWARDED_BY = 65053
 
 # RCODEs (RFC 1035 4.1.1, RFC 6891 9 for BADVERS)
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -42,6 +52,7 @@ class Edns:
     udp_size: int
     version: int
     do: bool
+    options: bytes = b""  # the OPT record's RDATA: its options, unparsed
 
 
 @dataclass(slots=True)
@@ -119,6 +130,45 @@ def skip_name(wire: bytes, pos: int) -> int:
             raise Malformed("name too long")
 
 
+def read_name(wire: bytes, pos: int) -> bytes:
+    """The possibly compressed name at ``pos`` as an uncompressed wire-format
+    name, case kept; bounds-, length- and loop-checked (raises Malformed)."""
+    out = bytearray()
+    end = len(wire)
+    hops = 0
+    while True:
+        if pos >= end:
+            raise Malformed("name runs past the end")
+        length = wire[pos]
+        if length == 0:
+            out.append(0)
+            return bytes(out)
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > end:
+                raise Malformed("pointer runs past the end")
+            pos = ((length & 0x3F) << 8) | wire[pos + 1]
+            hops += 1
+            if hops > 127:
+                raise Malformed("compression pointers loop")
+            continue
+        if length & 0xC0:
+            raise Malformed("unknown label type")
+        out += wire[pos:pos + 1 + length]
+        pos += 1 + length
+        if len(out) > MAX_NAME:
+            raise Malformed("name longer than 255 octets")
+
+
+def name_suffixes(name: bytes) -> Iterable[bytes]:
+    """An uncompressed wire name and each parent, longest first, ending with the root."""
+    pos = 0
+    while pos < len(name):
+        yield name[pos:]
+        if name[pos] == 0:
+            return
+        pos += 1 + name[pos]
+
+
 def parse_query(wire: bytes) -> Query:
     """Parse a query whose header is known to be readable (``len(wire) >= 12``).
 
@@ -167,10 +217,27 @@ def parse_query(wire: bytes) -> Query:
         if rtype == TYPE_OPT:
             if index < ancount + nscount or edns is not None or wire[name_start] != 0:
                 raise Malformed("misplaced or repeated OPT record")  # RFC 6891 6.1.1
-            edns = Edns(udp_size=rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
+            edns = Edns(udp_size=rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000),
+                        options=wire[pos - rdlength:pos])
     # Trailing bytes after the counted records are tolerated, as most servers do.
     return Query(id=ident, flags=flags, qname=qname, key=qname.lower(), qtype=qtype,
                  qclass=qclass, question=wire[12:qname_end + 4], edns=edns, wire=wire)
+
+
+def edns_option(options: bytes, code: int) -> bytes | None:
+    """The data of the first option ``code`` in an OPT record's RDATA, or None.
+    A malformed option list ends the search (RFC 6891 6.1.2 layout)."""
+    pos = 0
+    end = len(options)
+    while pos + 4 <= end:
+        found, length = struct.unpack_from("!HH", options, pos)
+        pos += 4
+        if pos + length > end:
+            return None
+        if found == code:
+            return options[pos:pos + length]
+        pos += length
+    return None
 
 
 def encode_name(name: str) -> bytes:
@@ -211,17 +278,19 @@ def reply_flags(query: Query, rcode: int, *, aa: bool, ra: bool, tc: bool = Fals
     return flags
 
 
-def error_reply(wire: bytes, rcode: int, query: Query | None = None, *,
-                ra: bool = False) -> bytes:
-    """A reply carrying only an rcode. With a parsed query the question is echoed
-    (and our OPT added when the client sent one, carrying the rcode's upper bits);
-    without, the header alone."""
-    if query is None:
-        ident, flags = struct.unpack_from("!HH", wire)
+def error_reply(packet: Query | bytes, rcode: int, *, ra: bool = False) -> bytes:
+    """A reply carrying only ``rcode``: the one way every module builds one.
+
+    For a parsed query the question is echoed byte for byte, and our OPT is added
+    when the client sent one (carrying the rcode's upper bits, RFC 6891 6.1.3).
+    For raw bytes that did not parse, the header alone. ``ra``: recursion is
+    available (dnsd forwards)."""
+    if not isinstance(packet, Query):
+        ident, flags = struct.unpack_from("!HH", packet)
         flags = QR | (flags & (0x7800 | RD)) | (rcode & 0xF)
         return HEADER.pack(ident, flags, 0, 0, 0, 0)
     opt = b""
-    if query.edns is not None:
-        opt = opt_record(MAX_UDP, query.edns.do, rcode >> 4)
-    flags = reply_flags(query, rcode & 0xF, aa=False, ra=ra)
-    return HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0) + query.question + opt
+    if packet.edns is not None:
+        opt = opt_record(MAX_UDP, packet.edns.do, rcode >> 4)
+    flags = reply_flags(packet, rcode & 0xF, aa=False, ra=ra)
+    return HEADER.pack(packet.id, flags, 1, 0, 0, 1 if opt else 0) + packet.question + opt

@@ -3,8 +3,9 @@
 - :class:`ScriptedUpstream`: a tiny DNS server (UDP and TCP on one 127.0.0.1
   port, run by a thread) answering from zone-text records, that can be told to
   time out, answer SERVFAIL or REFUSED, truncate over UDP (full answer over TCP),
-  answer with a wrong ID or a wrong question, or reject EDNS with FORMERR.
-  It records every query it receives.
+  answer with a wrong ID or a wrong question, or reject EDNS with FORMERR, and
+  can add records of other names to every answer (``poison``), as a hostile or
+  broken upstream would. It records every query it receives.
 - :class:`Dnsmasq`: Debian's dnsmasq on a free loopback port, serving a few test
   records and nothing else (``--no-resolv --no-hosts``).
 - :class:`BlackHole`: a bound UDP/TCP port that never answers (a dead upstream
@@ -80,14 +81,20 @@ class ScriptedUpstream:
     ``records`` are zone-file lines (``"a.test. 300 IN A 10.0.0.1"``). A name with
     no records gets NXDOMAIN, a name lacking the asked type NODATA; both carry
     the SOA :data:`SOA` (``soa_ttl``, ``soa_minimum``) in authority unless
-    ``negative_soa`` is False. ``mode`` (one of :data:`MODES`) and ``records``
-    may be changed while it runs.
+    ``negative_soa`` is False. ``poison`` lines are appended to the answer
+    section of every positive answer, whatever the question. ``tcp_queries``:
+    answer that many queries on a TCP connection, then close it (0: no limit;
+    idle connections close after 5 s either way). ``mode`` (one of
+    :data:`MODES`) and ``records`` may be changed while it runs.
     """
 
     def __init__(self, records: Iterable[str] = (), *, mode: str = "answer",
                  soa_ttl: int = 300, soa_minimum: int = 60, negative_soa: bool = True,
-                 delay: float = 0.0, host: str = "127.0.0.1") -> None:
+                 delay: float = 0.0, host: str = "127.0.0.1",
+                 poison: Iterable[str] = (), tcp_queries: int = 0) -> None:
         self.mode = mode
+        self.tcp_queries = tcp_queries  # >0: close a TCP connection after that many
+        self.poison = [record for line in poison for record in RR.fromZone(line)]
         self.soa_ttl = soa_ttl
         self.soa_minimum = soa_minimum
         self.negative_soa = negative_soa
@@ -147,8 +154,10 @@ class ScriptedUpstream:
     def _serve_tcp(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         with conn:
+            answered = 0
             try:
-                while not self._stop.is_set():
+                while not self._stop.is_set() and not (
+                        self.tcp_queries and answered >= self.tcp_queries):
                     head = conn.recv(2, socket.MSG_WAITALL)
                     if len(head) < 2:
                         return
@@ -156,6 +165,7 @@ class ScriptedUpstream:
                     data = conn.recv(length, socket.MSG_WAITALL)
                     for reply in self._replies(data, "tcp", conn.getpeername()[1]):
                         conn.sendall(struct.pack("!H", len(reply)) + reply)
+                    answered += 1
             except OSError:
                 return
 
@@ -191,6 +201,8 @@ class ScriptedUpstream:
         matching = [rr for rr in same_name if rr.rtype == q.qtype or q.qtype == QTYPE.ANY]
         if matching:
             for rr in matching:
+                reply.add_answer(rr)
+            for rr in self.poison:
                 reply.add_answer(rr)
         else:
             if not same_name:
@@ -261,6 +273,7 @@ class Dnsmasq:
         self.host = "127.0.0.1"
         last = ""
         for _ in range(5):
+            self._output: str | None = None
             self.port = free_port()
             self.proc = subprocess.Popen(
                 [binary, "--no-resolv", "--no-hosts", "-d", "-k", "--port", str(self.port),
@@ -294,6 +307,8 @@ class Dnsmasq:
         return False
 
     def _stop_and_output(self) -> str:
+        if self._output is not None:
+            return self._output
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
@@ -301,7 +316,12 @@ class Dnsmasq:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
-        return out or ""
+        self._output = out or ""
+        return self._output
+
+    def output(self) -> str:
+        """Stop dnsmasq and return everything it logged (``--log-queries`` lines)."""
+        return self._stop_and_output()
 
     def close(self) -> None:
         self._stop_and_output()

@@ -4,6 +4,8 @@ and the scripted test upstream. Cache time is a fake clock; timeouts are real.""
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Iterator
 
@@ -12,8 +14,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from dnsd.app import forward_settings
 from dnsd.config import load_config
-from dnsd.forward import Forwarder, ForwardSettings
+from dnsd.forward import Forwarder, ForwardTiming
 from dnsd.wire import Query, parse_query
 from tests.upstreams import BlackHole, Dnsmasq, ScriptedUpstream, free_port
 
@@ -27,12 +30,15 @@ class Clock:
 
 
 def make_forwarder(*upstreams: str, clock: Clock | None = None, argv: tuple[str, ...] = (),
-                   settings: ForwardSettings | None = None) -> Forwarder:
+                   timing: ForwardTiming | None = None) -> Forwarder:
     args = [*argv]
     for spec in upstreams:
         args += ["--upstream", spec]
-    return Forwarder(load_config(args, environ={}), now=clock or Clock(),
-                     rng=random.Random(1), settings=settings, resolv_conf="/nonexistent")
+    settings = forward_settings(load_config(args, environ={}))
+    if timing is not None:
+        settings = dataclasses.replace(settings, timing=timing)
+    return Forwarder(settings, now=clock or Clock(), rng=random.Random(1),
+                     resolv_conf="/nonexistent")
 
 
 def query(name: str, qtype: str = "A", **kwargs: object) -> Query:
@@ -136,7 +142,7 @@ async def test_closed_port_fails_over_at_once(dnsmasq, closing) -> None:
     # A try timeout far longer than the test's own patience: only the ICMP port
     # unreachable error, not a timeout, can end the first try in time.
     fwd = make_forwarder(f"127.0.0.1:{free_port()}", dnsmasq.spec,
-                         settings=ForwardSettings(try_timeout=60.0, deadline=120.0))
+                         timing=ForwardTiming(try_timeout=60.0, deadline=120.0))
     closing.append(fwd)
     msg = await asyncio.wait_for(ask(fwd, "web.example.test."), 30)
     assert addresses(msg) == ["10.1.2.3"] and fwd.stats.upstream_failures == 1
@@ -159,7 +165,7 @@ async def test_down_upstream_comes_back_through_the_probe(closing) -> None:
     with ScriptedUpstream(RECORDS, mode="timeout") as up, \
             ScriptedUpstream(RECORDS) as spare:
         fwd = make_forwarder(up.spec, spare.spec,
-                             settings=ForwardSettings(probe_interval=0.1, try_timeout=0.3))
+                             timing=ForwardTiming(probe_interval=0.1, try_timeout=0.3))
         closing.append(fwd)
         await ask(fwd, "a.test.")
         primary = fwd.upstreams[up.addr]
@@ -212,7 +218,7 @@ async def test_wrong_question_is_ignored(closing) -> None:
     with ScriptedUpstream(RECORDS, mode="wrong_question") as liar, \
             ScriptedUpstream(RECORDS) as good:
         fwd = make_forwarder(liar.spec, good.spec,
-                             settings=ForwardSettings(try_timeout=0.3))
+                             timing=ForwardTiming(try_timeout=0.3))
         closing.append(fwd)
         msg = await ask(fwd, "a.test.")
         assert addresses(msg) == ["10.0.0.1", "10.0.0.2"] and good.count() == 1
@@ -228,6 +234,59 @@ async def test_random_id_and_source_port_per_upstream_query(closing) -> None:
         ports = {r.source_port for r in up.received}
         assert len(ids) >= 7 and len(ports) >= 7
         assert all(r.qname == r.qname.lower() and r.edns for r in up.received)
+
+
+async def test_udp_sockets_are_reused_and_rotated(closing) -> None:
+    """A few sockets carry many queries (opening one per query starved the loop
+    under load), and each is replaced after a few, so the source port keeps
+    changing (RFC 5452 spirit)."""
+    with ScriptedUpstream(RECORDS) as up:
+        fwd = make_forwarder(up.spec, timing=ForwardTiming(udp_sockets=4, socket_queries=5))
+        closing.append(fwd)
+        for i in range(40):
+            await ask(fwd, f"seq{i}.test.")
+        ports = {r.source_port for r in up.received}
+        assert 4 < len(ports) < 40
+        assert all(n <= 5 for n in collections.Counter(
+            r.source_port for r in up.received).values())
+
+
+async def test_concurrent_udp_queries_share_sockets_and_get_their_own_replies(closing) -> None:
+    records = [f"n{i}.test. 60 IN A 10.2.0.{i}" for i in range(30)]
+    with ScriptedUpstream(records, delay=0.01) as up:
+        fwd = make_forwarder(up.spec, timing=ForwardTiming(udp_sockets=3))
+        closing.append(fwd)
+        replies = await asyncio.gather(*(ask(fwd, f"n{i}.test.") for i in range(30)))
+        assert [addresses(r) for r in replies] == [[f"10.2.0.{i}"] for i in range(30)]
+        assert len({r.source_port for r in up.received}) <= 3
+        per_port = collections.defaultdict(list)
+        for r in up.received:
+            per_port[r.source_port].append(r.ident)
+        assert all(len(set(ids)) == len(ids) for ids in per_port.values())
+
+
+async def test_concurrent_tcp_queries_share_one_connection(closing) -> None:
+    """RFC 7766 6.2.1.1: queries in flight together go on one connection."""
+    records = [f"t{i}.test. 60 IN A 10.3.0.{i}" for i in range(10)]
+    with ScriptedUpstream(records, delay=0.02) as up:
+        fwd = make_forwarder(up.spec)
+        closing.append(fwd)
+        replies = await asyncio.gather(*(ask(fwd, f"t{i}.test.", tcp=True) for i in range(10)))
+        assert [addresses(r) for r in replies] == [[f"10.3.0.{i}"] for i in range(10)]
+        assert up.count("tcp") == 10 and up.count("udp") == 0
+        assert len({r.source_port for r in up.received}) < 10
+
+
+async def test_tcp_connection_the_upstream_closed_is_replaced(closing) -> None:
+    """A kept connection the upstream has closed (RFC 7766 6.2.3 lets it) costs
+    nothing: the query goes on a new one."""
+    with ScriptedUpstream(RECORDS, tcp_queries=1) as up:
+        fwd = make_forwarder(up.spec, timing=ForwardTiming(tcp_idle=5.0))
+        closing.append(fwd)
+        for i in range(4):
+            assert addresses(await ask(fwd, f"a{i}.test.", "A", tcp=True)) == [], i
+            await asyncio.sleep(0.05)
+        assert up.count("tcp") == 4 and fwd.stats.servfail == 0
 
 
 async def test_formerr_to_edns_is_retried_without_it(closing) -> None:

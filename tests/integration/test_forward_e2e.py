@@ -158,3 +158,33 @@ def test_a_reply_in_flight_at_sigterm_is_still_sent() -> None:
         reply = dns.message.from_wire(sock.recv(4096))
         assert reply.id == query.id and addresses(reply) == ["10.0.0.8"]
         assert proc.proc.wait(30) == 0
+
+
+def test_chased_cname_keeps_only_the_chain_from_a_poisoning_upstream(tmp_path: Path) -> None:
+    """An upstream adding records of other names (one of them dnsd's own) to its
+    answer gets none of them into dnsd's authoritative answer."""
+    services = tmp_path / "services.toml"
+    services.write_text('[[services]]\nname = "search"\naddress = "search.example.test"\n'
+                        'port = 443\n')
+    poison = ["search.service.consul. 60 IN A 6.6.6.6", "evil.example.test. 60 IN A 6.6.6.7"]
+    with ScriptedUpstream(["search.example.test. 60 IN A 10.9.8.7"], poison=poison) as up, \
+            DnsdProcess(["--static", str(services), "--upstream", up.spec]) as proc:
+        reply = proc.query("search.service.consul", "A")
+        assert [rrset.to_text() for rrset in reply.answer] == [
+            "search.service.consul. 0 IN CNAME search.example.test.",
+            "search.example.test. 60 IN A 10.9.8.7"]
+        assert reply.flags & dns.flags.AA
+
+
+def test_forwarded_answer_drops_records_of_other_names() -> None:
+    """RFC 5452 6: what the upstream adds about names it was not asked is not
+    passed on, nor cached; the chain from the question is."""
+    poison = ["web.service.consul. 60 IN A 6.6.6.6", "example.test. 60 IN A 6.6.6.7"]
+    with ScriptedUpstream(["www.example.test. 60 IN CNAME host.example.test.",
+                           "host.example.test. 60 IN A 10.1.2.3"], poison=poison) as up, \
+            DnsdProcess(["--upstream", up.spec]) as proc:
+        for _ in range(2):  # the second from the cache
+            reply = proc.query("host.example.test.")
+            assert [rrset.to_text() for rrset in reply.answer] == [
+                "host.example.test. 60 IN A 10.1.2.3"]
+        assert up.count() == 1

@@ -5,24 +5,38 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Sequence
 
+import dns.edns
 import dns.message
 import dns.rcode
+import dns.rrset
 import pytest
 from dnslib import RR, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dnsd.app import forward_settings
 from dnsd.config import load_config
 from dnsd.errors import ConfigError
-from dnsd.forward import Forwarder, default_upstreams, error_reply, is_own, render
-from dnsd.upstream import acceptable, build_query, read_reply
-from dnsd.wire import Malformed, Query, encode_name, parse_query, udp_limit
+from dnsd.forward import Forwarder
+from dnsd.forward.exchange import acceptable, build_query, in_bailiwick, read_reply
+from dnsd.forward.forwarder import forwarded_by, render
+from dnsd.forward.routes import default_upstreams, is_own
+from dnsd.wire import (
+    OPTION_FORWARDED_BY,
+    Malformed,
+    Query,
+    encode_name,
+    error_reply,
+    parse_query,
+    udp_limit,
+)
 
 
 def forwarder(*argv: str, resolv_conf: str = "/nonexistent") -> Forwarder:
-    return Forwarder(load_config(list(argv), environ={}), rng=random.Random(7),
-                     resolv_conf=resolv_conf)
+    return Forwarder(forward_settings(load_config(list(argv), environ={})),
+                     rng=random.Random(7), resolv_conf=resolv_conf)
 
 
 def client_query(name: str, qtype: str = "A", **kwargs: object) -> Query:
@@ -267,3 +281,93 @@ def test_garbage_replies_are_malformed_or_render(tail: bytes, cut: int) -> None:
         out = render(query, reply, [r.ttl for r in reply.records], limit=512)
         assert len(out) <= 512 or not reply.records
         assert out[:2] == query.wire[:2]
+
+
+# --- forwarding loops ------------------------------------------------------------------
+
+def marked_query(name: str, marks: bytes) -> Query:
+    option = dns.edns.GenericOption(OPTION_FORWARDED_BY, marks)
+    return parse_query(dns.message.make_query(name, "A", use_edns=0,
+                                              options=[option]).to_wire())
+
+
+def test_upstream_queries_carry_the_forwarded_by_marks() -> None:
+    msg = dns.message.from_wire(build_query(7, QUESTION, do=False, cd=False,
+                                            marks=b"AAAAAAAABBBBBBBB"))
+    assert [(o.otype, o.to_wire()) for o in msg.options] == [
+        (OPTION_FORWARDED_BY, b"AAAAAAAABBBBBBBB")]
+    assert not dns.message.from_wire(build_query(7, QUESTION, do=False, cd=False)).options
+
+
+def test_marks_are_read_whole() -> None:
+    assert forwarded_by(client_query("a.example.org.")) == b""
+    assert forwarded_by(marked_query("a.example.org.", b"AAAAAAAAxyz")) == b"AAAAAAAA"
+
+
+async def test_own_query_come_back_is_servfail_and_not_forwarded() -> None:
+    fwd = forwarder("--upstream", "192.0.2.1")
+    for marks in (b"AAAAAAAA" + fwd.mark, fwd.mark, b"12345678" * 8):
+        reply = dns.message.from_wire(await fwd.forward(marked_query("x.example.org.", marks),
+                                                        False))
+        assert reply.rcode() == dns.rcode.SERVFAIL and reply.flags & 0x0080
+    assert fwd.stats.loops == 3 and fwd.stats.forwarded == 0
+    await fwd.close()
+
+
+# --- what of an upstream's answer section is kept ------------------------------------------
+
+def scrub_case(name: str, answers: Sequence[str], *, authority: Sequence[str] = (),
+               additional: Sequence[str] = ()) -> list[str]:
+    """The records (zone text) a client gets of an upstream reply to ``name`` A,
+    the reply built (and compressed) by dnspython."""
+    msg = dns.message.make_response(dns.message.make_query(name, "A"))
+    for section, lines in ((msg.answer, answers), (msg.authority, authority),
+                           (msg.additional, additional)):
+        for line in lines:
+            owner, ttl, rdclass, rdtype, rdata = line.split(None, 4)
+            section.append(dns.rrset.from_text(owner, int(ttl), rdclass, rdtype, rdata))
+    reply = read_reply(msg.to_wire())
+    kept = in_bailiwick(reply, encode_name(name.lower()))
+    out = dns.message.from_wire(render(client_query(name), kept,
+                                       [r.ttl for r in kept.records], limit=65535))
+    return [rrset.to_text() for section in (out.answer, out.authority, out.additional)
+            for rrset in section]
+
+
+def test_answer_section_keeps_the_chain_from_the_question_only() -> None:
+    assert scrub_case("www.example.org.", [
+        "www.example.org. 60 IN CNAME edge.cdn.test.",
+        "web.service.consul. 60 IN A 6.6.6.6",
+        "edge.cdn.test. 60 IN CNAME last.cdn.test.",
+        "example.org. 60 IN A 6.6.6.7",
+        "last.cdn.test. 60 IN A 10.0.0.1",
+    ], authority=["cdn.test. 60 IN NS ns.cdn.test."],
+        additional=["ns.cdn.test. 60 IN A 10.0.0.53"]) == [
+        "www.example.org. 60 IN CNAME edge.cdn.test.",
+        "edge.cdn.test. 60 IN CNAME last.cdn.test.",
+        "last.cdn.test. 60 IN A 10.0.0.1",
+        "cdn.test. 60 IN NS ns.cdn.test.",
+        "ns.cdn.test. 60 IN A 10.0.0.53",
+    ]
+
+
+def test_chain_out_of_order_and_dname_are_kept() -> None:
+    assert scrub_case("www.old.test.", [
+        "new.test. 60 IN A 6.6.6.6",
+        "www.new.test. 60 IN A 10.0.0.2",
+        "old.test. 60 IN DNAME new.test.",
+        "old.test. 60 IN A 6.6.6.7",
+        "www.old.test. 60 IN CNAME www.new.test.",
+    ]) == [
+        "www.new.test. 60 IN A 10.0.0.2",
+        "old.test. 60 IN DNAME new.test.",
+        "www.old.test. 60 IN CNAME www.new.test.",
+    ]
+
+
+def test_clean_answer_is_the_same_reply() -> None:
+    msg = DNSRecord.question("www.example.org", "A").reply()
+    msg.add_answer(*RR.fromZone("www.example.org. 60 IN A 10.0.0.1"))
+    msg.add_answer(*RR.fromZone("www.example.org. 60 IN A 10.0.0.2"))
+    reply = read_reply(bytes(msg.pack()))
+    assert in_bailiwick(reply, encode_name("www.example.org")) is reply

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 from dnslib import EDNS0, RCODE, RR, DNSRecord
 
-from dnsd.forward_cache import Cache, CacheKey, CachePolicy, Entry, make_entry
-from dnsd.upstream import Reply, read_reply
+from dnsd.forward.cache import Cache, CacheKey, CachePolicy, Entry, make_entry
+from dnsd.forward.exchange import Reply, read_reply
 
 SOA = "example.org. {ttl} IN SOA ns.example.org. host.example.org. 1 3600 600 86400 {minimum}"
 

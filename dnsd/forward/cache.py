@@ -14,7 +14,7 @@ Policy, in one place:
   served with every TTL set to ``stale_ttl`` (RFC 8767 4 suggests 30 s).
 
 Time is injected (``now``) by the caller on every call; nothing here reads a clock.
-Imports: ``upstream`` (the parsed reply) and the stdlib only.
+Imports: ``records``, ``forward.exchange`` (the parsed reply), ``wire``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from dnsd.upstream import ANSWER, AUTHORITY, TYPE_SOA, Reply
-
-NOERROR, NXDOMAIN = 0, 3
+from dnsd.forward.exchange import ANSWER, AUTHORITY, Reply
+from dnsd.records import T_SOA
+from dnsd.wire import NOERROR, NXDOMAIN
 
 # (lower-cased wire name, qtype, qclass, DO bit, CD bit). CD is in the key as well
 # because a CD=1 answer may hold data a validating upstream would have refused.
@@ -79,11 +79,11 @@ def make_entry(reply: Reply, now: float, policy: CachePolicy) -> Entry:
     soa_ttl: int | None = None
     if negative:
         for r in reply.records:
-            if r.section == AUTHORITY and r.rtype == TYPE_SOA and r.soa_minimum is not None:
+            if r.section == AUTHORITY and r.rtype == T_SOA and r.soa_minimum is not None:
                 soa_ttl = min(r.ttl, r.soa_minimum, policy.max_negative_ttl)
                 break
     ttls = tuple(
-        soa_ttl if (soa_ttl is not None and r.rtype == TYPE_SOA and r.section == AUTHORITY)
+        soa_ttl if (soa_ttl is not None and r.rtype == T_SOA and r.section == AUTHORITY)
         else min(r.ttl, policy.max_ttl)
         for r in reply.records)
     lifetime = 0
