@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from dnslib import QTYPE, RCODE
+
 from dnsd import records as rr
 from dnsd.answer import Answerer, AnswerSet, render
 from dnsd.ratelimit import RateLimiter, Verdict
@@ -164,6 +166,7 @@ class Handler:
         self.timed = timed or log_queries
         self._plain = not self.timed
         self.rate_limiter = rate_limiter
+        self._origin = ""  # where the reply being built comes from, for the query log
         self._allowed_cache: ReplyCache[str, _Allowed] = ReplyCache(CLIENTS_BYTES)
         self._replies_version = -1
         self._replies: tuple[ReplyCache[bytes, CachedReply], ReplyCache[bytes, CachedReply]] = (
@@ -208,8 +211,10 @@ class Handler:
         self.rate_limiter = rate_limiter
         self._replies_version = -1  # rendered replies may differ now
 
-    def handle(self, wire: bytes, client: str, over_tcp: bool) -> Reply | Awaitable[Reply]:
-        """The reply to one message from ``client`` (its IP address).
+    def handle(self, wire: bytes, client: str, over_tcp: bool,
+               port: int = 0) -> Reply | Awaitable[Reply]:
+        """The reply to one message from ``client`` (its IP address; ``port``
+        only goes into the query log).
 
         - shorter than a header, or a response (QR=1): dropped (None);
         - unparsable past the header, or not exactly one question: FORMERR;
@@ -229,8 +234,9 @@ class Handler:
             verdict = self.rate_limiter.check(client)
             if verdict is not Verdict.ALLOW:
                 self.stats.rate_limited += 1
+                self._origin = "rate-limit"
                 return self._finish(None, self._slip(wire) if verdict is Verdict.SLIP
-                                    else None, client, over_tcp, started)
+                                    else None, client, over_tcp, started, port)
         # The hot path: a reply rendered before, found by the query's bytes.
         version = self.table.snapshot.version
         if version != self._replies_version:
@@ -248,34 +254,41 @@ class Handler:
                 if self._plain:  # the hottest path: nothing to log or time
                     return wire[:2] + cached.next()
                 reply = wire[:2] + cached.next()
+                self._origin = "table"
             else:
                 fwd = self._forwarded[over_tcp].get(key)
                 if (fwd is not None and fwd.second == int(time.monotonic())
                         and self.recursion_allowed(client)):
                     fwd.hits += 1
                     reply = wire[:2] + fwd.tail
+                    self._origin = "forward-cache"
         if reply is not None:
             if self.log_queries:
-                return self._finish(parse_query(wire), reply, client, over_tcp, started)
+                # counted=True: the cache entry's hits already count this reply
+                return self._finish(parse_query(wire), reply, client, over_tcp, started, port,
+                                    counted=True)
             if self.timed:
                 self.stats.observe(time.perf_counter() - started)
             return reply
         query: Query | None = None
         result: Reply | Awaitable[Reply]
+        self._origin = "dnsd"  # a reply dnsd makes up itself: an error, REFUSED
         try:
             if len(wire) < 12 or wire[2] & 0x80:
-                return self._finish(None, None, client, over_tcp, started)
+                return self._finish(None, None, client, over_tcp, started, port)
             try:
                 query = parse_query(wire)
             except Malformed:
-                return self._finish(None, error_reply(wire, FORMERR), client, over_tcp, started)
+                return self._finish(None, error_reply(wire, FORMERR), client, over_tcp, started,
+                                    port)
             result = self._answer(query, client, over_tcp)
         except Exception:
             log.exception("internal error answering a query from %s", client)
             result = error_reply(wire if query is None else query, SERVFAIL)
         if result is None or isinstance(result, bytes):
-            return self._finish(query, result, client, over_tcp, started)
-        return self._finish_later(query, result, client, over_tcp, started)
+            return self._finish(query, result, client, over_tcp, started, port)
+        return self._finish_later(query, result, client, over_tcp, started, port,
+                                  self._origin)
 
     @staticmethod
     def _slip(wire: bytes) -> Reply:
@@ -298,6 +311,7 @@ class Handler:
         answer: AnswerSet | None = self.answerer.lookup(query, self.table.snapshot)
         ra = self.forwarder is not None
         if answer is not None:
+            self._origin = "table"
             if query.qtype == T_ANY and not over_tcp:
                 answer = answer.one_rrset()
             limit = MAX_TCP if over_tcp else udp_limit(query)
@@ -323,7 +337,9 @@ class Handler:
         if self.forwarder is not None and self.recursion_allowed(client):
             hit = self.forwarder.cached(query, over_tcp)
             if hit is None:
+                self._origin = "upstream"
                 return self.forwarder.forward(query, over_tcp)
+            self._origin = "forward-cache"
             if len(query.wire) <= KEY_LIMIT:
                 key = query.wire[2:]
                 self._forwarded[over_tcp].put(key, ForwardedReply(
@@ -359,31 +375,45 @@ class Handler:
         return known.allowed
 
     async def _finish_later(self, query: Query | None, pending: Awaitable[Reply], client: str,
-                            over_tcp: bool, started: float) -> Reply:
+                            over_tcp: bool, started: float, port: int, origin: str) -> Reply:
         try:
             reply = await pending
         except Exception:
             log.exception("internal error forwarding a query from %s", client)
             reply = error_reply(query, SERVFAIL) if query is not None else None
-        return self._finish(query, reply, client, over_tcp, started)
+        self._origin = origin
+        return self._finish(query, reply, client, over_tcp, started, port)
 
     def _finish(self, query: Query | None, reply: Reply, client: str, over_tcp: bool,
-                started: float) -> Reply:
+                started: float, port: int = 0, counted: bool = False) -> Reply:
         transport = "tcp" if over_tcp else "udp"
         if reply is None:
             self.stats.dropped += 1
-        else:
+        elif not counted:
             self.stats.count(query.qtype if query is not None else 0, reply[3] & 0xF, transport)
         if self.timed:
             self.stats.observe(time.perf_counter() - started)
         if self.log_queries:
-            rcode_text = str(reply[3] & 0xF) if reply is not None and len(reply) >= 4 else "-"
-            name = query.text() if query is not None else "?"
-            qtype = query.qtype if query is not None else 0
-            query_log.info("%s %s %s type=%d rcode=%s %.2fms", client, transport, name,
-                           qtype, rcode_text,
-                           (time.perf_counter() - started) * 1000)
+            self._log_query(query, reply, client, port, transport, started)
         return reply
+
+    def _log_query(self, query: Query | None, reply: Reply, client: str, port: int,
+                   transport: str, started: float) -> None:
+        """One line: who asked, what, the answer's rcode and size, where it came from."""
+        if reply is not None and len(reply) >= 12:
+            rcode = RCODE.get(reply[3] & 0xF, str(reply[3] & 0xF))
+            answers = str(int.from_bytes(reply[6:8], "big"))
+        else:
+            rcode, answers = "dropped", "-"
+        if query is not None:
+            ident, name, qtype = query.id, query.text(), QTYPE.get(query.qtype, str(query.qtype))
+        else:
+            ident = int.from_bytes(reply[:2] if reply else b"\0\0", "big")
+            name, qtype = "?", "?"
+        peer = f"[{client}]" if ":" in client else client
+        query_log.info("%s#%d %s id=%d %s %s %s answers=%s from=%s %.2fms", peer, port,
+                       transport, ident, name, qtype, rcode, answers, self._origin,
+                       (time.perf_counter() - started) * 1000)
 
 
 def question_wire(name: str, qtype: int) -> bytes:

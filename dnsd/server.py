@@ -20,7 +20,7 @@ from dnsd.handler import Reply
 
 log = logging.getLogger("dnsd.server")
 
-HandleFn = Callable[[bytes, str, bool], Reply | Awaitable[Reply]]
+HandleFn = Callable[[bytes, str, bool, int], Reply | Awaitable[Reply]]
 
 
 class Tasks:
@@ -128,6 +128,7 @@ class TcpProtocol(asyncio.Protocol):
         self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.client = ""
+        self.port = 0
         self.buffer = bytearray()
         self.in_flight = 0
         self.reading_paused = False
@@ -140,6 +141,7 @@ class TcpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
+        self.port = peer[1] if peer else 0
         key = client_key(self.client)
         if not self.limits.admit(key):
             log.debug("tcp connection cap reached (%d open, %d from %s); closing a new "
@@ -195,7 +197,7 @@ class TcpProtocol(asyncio.Protocol):
             # Only a whole query counts as activity: a client trickling bytes
             # (slowloris) is closed after the idle timeout like a silent one.
             self._arm_idle()
-            reply = self.handle(message, self.client, True)
+            reply = self.handle(message, self.client, True, self.port)
             if reply is None:
                 continue
             if isinstance(reply, bytes):
@@ -315,7 +317,7 @@ class UdpSocket:
                 log.debug("udp error: %s", exc)
                 continue
             try:
-                reply = handle(data, addr[0], False)
+                reply = handle(data, addr[0], False, addr[1])
             except Exception:  # the handler answers SERVFAIL itself; this is a last guard
                 log.exception("unexpected error handling a packet from %s", addr[0])
                 continue
@@ -341,7 +343,7 @@ class UdpSocket:
                 log.debug("udp error: %s", exc)
                 continue
             cmsg = self._reply_cmsg(ancdata)
-            reply = self.handle(data, addr[0], False)
+            reply = self.handle(data, addr[0], False, addr[1])
             if reply is None:
                 continue
             if isinstance(reply, bytes):

@@ -10,12 +10,14 @@ import signal
 import time
 from pathlib import Path
 
+import dns.exception
 import dns.rcode
 import pytest
 
 from dnsd import __version__
 from tests.conftest import SERVICES
 from tests.dnsd_process import DnsdProcess, run_cli, wait_until
+from tests.upstreams import free_port
 
 
 def test_help_lists_every_contract_option() -> None:
@@ -268,3 +270,39 @@ def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
         proc.signal(signal.SIGHUP)
         proc.wait_for_log("keeping the running configuration")
         assert proc.query("api.service.consul", "A").answer[0].ttl == 9
+
+
+def test_query_log_says_who_what_and_where_from(tmp_path: Path) -> None:
+    """One line per query: client and port, id, name, type and rcode by name,
+    answer count and the origin; kept at --log-level warning."""
+    port = free_port()  # --log-level warning hides the "listening on" line
+    with DnsdProcess(["--static", str(SERVICES), "--query-log", "--log-level", "warning",
+                      "--no-forward", "--listen", f"127.0.0.1:{port}"],
+                     env={"DNSD_UPSTREAM": ""}, wait=False) as proc:
+        proc.listening.append(("127.0.0.1", port))
+        def serving() -> bool:
+            try:
+                return bool(proc.query("consul", "SOA", timeout=1).answer)
+            except (OSError, dns.exception.DNSException):
+                return False
+        wait_until(serving)
+        start = len(proc.lines)
+        reply = proc.query("web.service.consul", "A")
+        proc.query("web.service.consul", "A")  # the second from the rendered cache
+        proc.query("nope.service.consul", "AAAA", tcp=True)
+        proc.query("example.org", "A")
+        lines = [line for line in wait_until_lines(proc, start, 4) if "dnsd.query" in line]
+    first = re.search(r"dnsd\.query: 127\.0\.0\.1#(\d+) udp id=(\d+) web\.service\.consul\. A "
+                      r"NOERROR answers=(\d+) from=table [\d.]+ms$", lines[0])
+    assert first, lines[0]
+    assert int(first.group(1)) > 0 and int(first.group(2)) == reply.id
+    assert int(first.group(3)) == len(reply.answer[0])
+    assert "from=table" in lines[1]
+    assert re.search(r" tcp id=\d+ nope\.service\.consul\. AAAA NXDOMAIN answers=0 from=table",
+                     lines[2]), lines[2]
+    assert re.search(r"example\.org\. A REFUSED answers=0 from=dnsd", lines[3]), lines[3]
+
+
+def wait_until_lines(proc: DnsdProcess, start: int, count: int) -> list[str]:
+    wait_until(lambda: sum("dnsd.query" in line for line in proc.lines[start:]) >= count)
+    return list(proc.lines[start:])

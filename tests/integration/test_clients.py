@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.rcode
+import dns.rdatatype
 import pytest
 
 from tests.dnsd_process import DnsdProcess
@@ -79,7 +81,7 @@ port = 9000
 node = "node21"
 """
 
-_QUERY_LINE = re.compile(r"dnsd\.query: \S+ (udp|tcp) (\S+) type=(\d+) rcode=(\S+)")
+_QUERY_LINE = re.compile(r"dnsd\.query: \S+ (udp|tcp) id=\d+ (\S+) (\S+) (\S+) answers=")
 
 NO_NS = unavailable_reason()
 pytestmark = pytest.mark.skipif(NO_NS is not None, reason=f"REAL CLIENTS NOT TESTED: {NO_NS}")
@@ -191,7 +193,8 @@ def queries_after(dnsd: DnsdProcess, mark: int,
             match = _QUERY_LINE.search(line)
             if match:
                 seen.append((match.group(1), match.group(2).lower().rstrip("."),
-                             int(match.group(3)), match.group(4)))
+                             int(dns.rdatatype.from_text(match.group(3))),
+                             str(int(dns.rcode.from_text(match.group(4))))))
         if until(seen) or time.monotonic() > deadline:
             return seen
         time.sleep(0.02)

@@ -68,7 +68,7 @@ def frames(data: bytes) -> list[bytes]:
     return out
 
 
-def echo(wire: bytes, client: str, tcp: bool) -> Reply:
+def echo(wire: bytes, client: str, tcp: bool, port: int = 0) -> Reply:
     return b"R" + wire
 
 
@@ -86,7 +86,7 @@ async def test_tcp_frames_split_and_joined_arbitrarily() -> None:
 async def test_tcp_async_replies_in_completion_order_and_in_flight_cap() -> None:
     gates: dict[bytes, asyncio.Event] = {}
 
-    def slow(wire: bytes, client: str, tcp: bool) -> Reply | Awaitable[Reply]:
+    def slow(wire: bytes, client: str, tcp: bool, port: int = 0) -> Reply | Awaitable[Reply]:
         gates[wire] = asyncio.Event()
 
         async def later() -> Reply:
@@ -203,7 +203,7 @@ async def test_udp_sends_sync_replies_and_skips_drops(reply: bytes | None) -> No
     server, client = _udp_pair()
     seen: list[tuple[bytes, str]] = []
 
-    def handle(wire: bytes, peer: str, tcp: bool) -> Reply:
+    def handle(wire: bytes, peer: str, tcp: bool, port: int = 0) -> Reply:
         seen.append((wire, peer))
         return reply
 
@@ -230,7 +230,7 @@ async def test_udp_sends_async_replies_later() -> None:
         return b"late"
 
     tasks = Tasks()
-    endpoint = UdpSocket(server, lambda w, c, t: later(), tasks)
+    endpoint = UdpSocket(server, lambda w, c, t, p: later(), tasks)
     try:
         client.sendto(b"q", server.getsockname())
         assert await asyncio.to_thread(client.recv, 100) == b"late"
