@@ -243,7 +243,8 @@ class App:
             raise
         for (host, _), pair in zip(self.config.listen, pairs, strict=True):
             self.listeners.append(await listen(
-                host, 0, self.handler.handle, self.tasks, self.tcp_limits, bound=pair))
+                host, 0, self.handler.handle, self.tasks, self.tcp_limits, bound=pair,
+                caches=self.handler.udp_caches))
         if self.config.metrics is not None and self.worker == 0:
             self.metrics = MetricsServer(self.metrics_inputs())
             host, port = self.config.metrics

@@ -415,7 +415,7 @@ def _read_file(path: str) -> dict[str, Any]:
 
 
 # Environment variables that are dnsd's but not options.
-_OTHER_ENV = frozenset({"DNSD_CONFIG"})
+_OTHER_ENV = frozenset({"DNSD_CONFIG", "DNSD_PURE_PYTHON"})
 
 
 def _check_environment(env: Mapping[str, str]) -> None:

@@ -18,7 +18,7 @@ import secrets
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from dnslib import QTYPE, RCODE
 
@@ -104,8 +104,12 @@ class CachedReply:
             return renders[0]  # type: ignore[return-value]  # the first one is rendered
         turn = self.answer.next_turn() % len(renders)
         reply = renders[turn]
-        if reply is None:
-            reply = renders[turn] = self._render(turn)
+        return reply if reply is not None else self.fill(turn)
+
+    def fill(self, turn: int) -> bytes:
+        """Render rotation ``turn`` the first time it is served (the compiled
+        UDP loop, which does what :meth:`next` does, calls this too)."""
+        reply = self.renders[turn] = self._render(turn)
         return reply
 
 
@@ -133,6 +137,19 @@ class _Allowed:
 
     def __init__(self, allowed: bool) -> None:
         self.allowed = allowed
+
+
+class UdpCaches(NamedTuple):
+    """The caches the compiled UDP loop (``dnsd._fastudp``) answers from by
+    itself: it serves a query found in the young generation of ``replies``
+    exactly as :meth:`Handler.handle`'s hot path does (hit counted, next
+    rotation), and one found in the young generation of ``forwarded`` when the
+    entry is this second's and ``allowed`` already says the client may recurse.
+    Every other query goes to :meth:`Handler.handle`."""
+
+    replies: ReplyCache[bytes, CachedReply]
+    forwarded: ReplyCache[bytes, ForwardedReply]
+    allowed: ReplyCache[str, _Allowed]
 
 
 class Forwarder(Protocol):
@@ -174,6 +191,19 @@ class Handler:
         self._forwarded: tuple[ReplyCache[bytes, ForwardedReply],
                                ReplyCache[bytes, ForwardedReply]] = (
             ReplyCache(FORWARDED_BYTES), ReplyCache(FORWARDED_BYTES))
+        self._udp_caches = UdpCaches(self._replies[0], self._forwarded[0], self._allowed_cache)
+
+    def udp_caches(self) -> UdpCaches | None:
+        """The caches the compiled UDP loop may answer from until it next
+        returns, made current for the table's version; None when every query
+        must come to :meth:`handle` (rate limiting, the query log, timing)."""
+        if not self._plain or self.rate_limiter is not None:
+            return None
+        version = self.table.snapshot.version
+        if version != self._replies_version:
+            self._drop_replies()
+            self._replies_version = version
+        return self._udp_caches
 
     def flush_stats(self) -> None:
         """Fold the hot path's per-reply hit counts into ``stats`` (before a read)."""

@@ -4,7 +4,7 @@ the server's protocol classes.
 Port 0 picks one port free for both protocols (the UDP socket chooses, TCP must
 get the same one; it is retried when TCP finds it taken). ``pick_ports`` does
 that once for ``--workers``, whose processes then all bind the chosen ports
-with SO_REUSEPORT. Imports: ``errors``, ``hostport``, ``server``.
+with SO_REUSEPORT. Imports: ``errors``, ``handler`` (a type), ``hostport``, ``server``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import asyncio
 import errno
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dnsd.errors import DnsdError
+from dnsd.handler import UdpCaches
 from dnsd.hostport import HostPort, format_hostport
 from dnsd.server import HandleFn, Tasks, TcpLimits, TcpProtocol, UdpSocket
 
@@ -119,14 +120,16 @@ def pick_ports(listen: Sequence[HostPort]) -> tuple[HostPort, ...]:
 
 async def listen(host: str, port: int, handle: HandleFn, tasks: Tasks, limits: TcpLimits,
                  *, reuse_port: bool = False,
-                 bound: tuple[socket.socket, socket.socket] | None = None) -> Listener:
+                 bound: tuple[socket.socket, socket.socket] | None = None,
+                 caches: Callable[[], UdpCaches | None] | None = None) -> Listener:
     """Serve DNS on ``host:port`` over UDP and TCP (port 0: one free port for both);
-    ``bound``: the pair :func:`bind_pair` already bound for it."""
+    ``bound``: the pair :func:`bind_pair` already bound for it; ``caches``: the
+    handler's reply caches the compiled UDP loop may answer from itself."""
     udp_sock, tcp_sock = bound or bind_pair(host, port, reuse_port=reuse_port)
     try:
         tcp_sock.listen(TCP_BACKLOG)
         udp = UdpSocket(udp_sock, handle, tasks,
-                        pktinfo=ipaddress.ip_address(host).is_unspecified)
+                        pktinfo=ipaddress.ip_address(host).is_unspecified, caches=caches)
     except BaseException:
         udp_sock.close()
         tcp_sock.close()

@@ -2,7 +2,10 @@
 handler. They know no DNS rules beyond TCP's two-byte framing (RFC 1035 4.2.2).
 
 Every task a protocol starts is tracked so shutdown can drain and cancel them.
-Imports: ``handler`` (for its type) only.
+The UDP loop has a compiled half, ``dnsd._fastudp``, used when it was built
+and ``DNSD_PURE_PYTHON`` is not set (read once, at import); without it the
+same loop runs in Python and behaves the same. Imports: ``handler`` (its
+types and key limit) and ``dnsd._fastudp`` when present.
 """
 
 from __future__ import annotations
@@ -10,15 +13,25 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import resource
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dnsd.handler import Reply
+from dnsd.handler import KEY_LIMIT, Reply, UdpCaches
+
+try:
+    from dnsd import _fastudp
+except ImportError:  # not built (no compiler where dnsd was installed): the Python loop
+    _fastudp = None  # type: ignore[assignment]
 
 log = logging.getLogger("dnsd.server")
+
+PURE_PYTHON_ENV = "DNSD_PURE_PYTHON"
+# The compiled UDP loop, or None: not built, or turned off to compare or test.
+FASTUDP = None if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0") else _fastudp
 
 HandleFn = Callable[[bytes, str, bool, int], Reply | Awaitable[Reply]]
 
@@ -261,6 +274,7 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 _CMSG_SPACE = socket.CMSG_SPACE(20)
 _READS_PER_WAKEUP = 64
+_BATCH = 32  # datagrams per recvmmsg/sendmmsg in the compiled loop
 _MAX_QUERY = 4096  # larger UDP queries are not DNS; they arrive cut and get FORMERR
 
 
@@ -274,25 +288,45 @@ class UdpSocket:
     retries. On a wildcard address (0.0.0.0 or ::) each reply leaves from the
     address its query came to, via IP_PKTINFO / IPV6_PKTINFO (RFC 1122
     4.1.3.5; stub resolvers drop replies from an unexpected source).
+
+    With the compiled loop (``compiled``: default when it is built), datagrams
+    are read and replies sent in batches (recvmmsg/sendmmsg), and a query found
+    in the young generation of the handler's UDP reply caches (``caches``: the
+    handler's :meth:`~dnsd.handler.Handler.udp_caches`) is answered in C with
+    the same hit counting and rotation as the handler's hot path; every other
+    datagram goes to ``handle`` as in the Python loop.
     """
 
     def __init__(self, sock: socket.socket, handle: HandleFn, tasks: Tasks,
-                 *, pktinfo: bool = False) -> None:
+                 *, pktinfo: bool = False, caches: Callable[[], UdpCaches | None] | None = None,
+                 compiled: bool | None = None) -> None:
         self.sock = sock
         self.handle = handle
         self.tasks = tasks
+        self.caches = caches
         self.v6 = sock.family == socket.AF_INET6
         self.loop = asyncio.get_running_loop()
         self.closed = False
         self.reading_stopped = False
+        if compiled and FASTUDP is None:
+            raise RuntimeError("the compiled UDP loop (dnsd._fastudp) is not available")
+        self.reader = None
         if pktinfo:
             if self.v6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             self.loop.add_reader(sock.fileno(), self._readable_pktinfo)
+        elif FASTUDP is not None and compiled is not False:
+            self.reader = FASTUDP.Reader(sock.fileno(), _BATCH, _MAX_QUERY)
+            self.loop.add_reader(sock.fileno(), self._readable_batched)
         else:
             self.loop.add_reader(sock.fileno(), self._readable)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled loop reads this socket."""
+        return self.reader is not None
 
     def stop_reading(self) -> None:
         """Take no more queries; replies still in flight can be sent."""
@@ -304,7 +338,40 @@ class UdpSocket:
         if not self.closed:
             self.stop_reading()
             self.closed = True
+            if self.reader is not None:
+                self.reader.close()
             self.sock.close()
+
+    def _readable_batched(self) -> None:
+        reader = self.reader
+        assert reader is not None
+        caches = self.caches() if self.caches is not None else None
+        try:
+            if caches is None:
+                reader.serve(_READS_PER_WAKEUP, None, None, None, KEY_LIMIT, self._handle_one)
+            else:
+                reader.serve(_READS_PER_WAKEUP, caches.replies, caches.forwarded,
+                             caches.allowed, KEY_LIMIT, self._handle_one)
+        except OSError as exc:
+            log.debug("udp error: %s", exc)
+        except Exception:  # a last guard, as in the Python loop
+            log.exception("unexpected error in the UDP loop")
+        if reader.send_errors:
+            count, code = reader.take_errors()
+            log.debug("udp send failed for %d replies: %s", count, os.strerror(code))
+
+    def _handle_one(self, data: bytes, addr: Any) -> bytes | None:
+        """One datagram the compiled loop did not answer itself: the handler's
+        reply to send now, or None (dropped, or sent when it is ready)."""
+        try:
+            reply = self.handle(data, addr[0], False, addr[1])
+        except Exception:  # the handler answers SERVFAIL itself; this is a last guard
+            log.exception("unexpected error handling a packet from %s", addr[0])
+            return None
+        if reply is None or isinstance(reply, bytes):
+            return reply
+        self.tasks.spawn(self._send_later(reply, addr, None))
+        return None
 
     def _readable(self) -> None:
         recvfrom, sendto, handle = self.sock.recvfrom, self.sock.sendto, self.handle
