@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,33 @@ SERVICES = DATA / "services.toml"
 BIG = DATA / "big.toml"
 
 
+# dnsd's two UDP loops: the compiled one (dnsd._fastudp) and the Python one it
+# falls back to. The behaviour tables run against both.
+UDP_LOOPS = ("compiled", "python")
+
+
+def udp_loop_env(loop: str) -> dict[str, str]:
+    """The environment that has a dnsd process run ``loop``; skips the test
+    when the compiled loop was not built."""
+    if loop == "python":
+        return {"DNSD_PURE_PYTHON": "1"}
+    if importlib.util.find_spec("dnsd._fastudp") is None:
+        pytest.skip("dnsd._fastudp is not built")
+    return {"DNSD_PURE_PYTHON": "0"}
+
+
+@pytest.fixture(params=UDP_LOOPS)
+def udp_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Each UDP loop in turn, as a dnsd process's environment."""
+    return udp_loop_env(request.param)
+
+
+def _test_dnsd(env: dict[str, str] | None = None) -> DnsdProcess:
+    return DnsdProcess(["--static", str(SERVICES), "--static", str(BIG),
+                        "--alt-domain", "alt", "--node-name", "testnode",
+                        "--allow-recursion", "192.0.2.0/24"], env=env)
+
+
 @pytest.fixture(scope="module")
 def dnsd() -> Iterator[DnsdProcess]:
     """dnsd on 127.0.0.1 (port 0) serving tests/data, with a second zone ``alt``.
@@ -21,7 +49,12 @@ def dnsd() -> Iterator[DnsdProcess]:
     Recursion is allowed only to a range tests never come from, so names
     outside the zones get REFUSED whatever upstreams the machine has.
     """
-    with DnsdProcess(["--static", str(SERVICES), "--static", str(BIG),
-                      "--alt-domain", "alt", "--node-name", "testnode",
-                      "--allow-recursion", "192.0.2.0/24"]) as proc:
+    with _test_dnsd() as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module", params=UDP_LOOPS)
+def dnsd_each_loop(request: pytest.FixtureRequest) -> Iterator[DnsdProcess]:
+    """The ``dnsd`` fixture's server, once with each UDP loop."""
+    with _test_dnsd(udp_loop_env(request.param)) as proc:
         yield proc

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dnsd import server as server_module
 from dnsd.handler import Reply
 from dnsd.server import Tasks, TcpLimits, TcpProtocol, UdpSocket
 
@@ -198,8 +199,17 @@ def _udp_pair() -> tuple[socket.socket, socket.socket]:
     return server, client
 
 
+# Each UDP test runs on both loops: the Python one and the compiled one (when built).
+LOOPS = pytest.mark.parametrize("compiled", [
+    False, pytest.param(True, marks=pytest.mark.skipif(
+        server_module.FASTUDP is None, reason="dnsd._fastudp is not built"))],
+    ids=["python", "compiled"])
+
+
+@LOOPS
 @pytest.mark.parametrize("reply", [b"answer", None])
-async def test_udp_sends_sync_replies_and_skips_drops(reply: bytes | None) -> None:
+async def test_udp_sends_sync_replies_and_skips_drops(reply: bytes | None,
+                                                      compiled: bool) -> None:
     server, client = _udp_pair()
     seen: list[tuple[bytes, str]] = []
 
@@ -207,7 +217,7 @@ async def test_udp_sends_sync_replies_and_skips_drops(reply: bytes | None) -> No
         seen.append((wire, peer))
         return reply
 
-    endpoint = UdpSocket(server, handle, Tasks())
+    endpoint = UdpSocket(server, handle, Tasks(), compiled=compiled)
     try:
         client.sendto(b"query", server.getsockname())
         if reply is None:
@@ -222,7 +232,8 @@ async def test_udp_sends_sync_replies_and_skips_drops(reply: bytes | None) -> No
         client.close()
 
 
-async def test_udp_sends_async_replies_later() -> None:
+@LOOPS
+async def test_udp_sends_async_replies_later(compiled: bool) -> None:
     server, client = _udp_pair()
 
     async def later() -> Reply:
@@ -230,7 +241,7 @@ async def test_udp_sends_async_replies_later() -> None:
         return b"late"
 
     tasks = Tasks()
-    endpoint = UdpSocket(server, lambda w, c, t, p: later(), tasks)
+    endpoint = UdpSocket(server, lambda w, c, t, p: later(), tasks, compiled=compiled)
     try:
         client.sendto(b"q", server.getsockname())
         assert await asyncio.to_thread(client.recv, 100) == b"late"
