@@ -57,6 +57,12 @@ typedef struct {
     PyObject *replies, *forwarded, *allowed;     /* the ReplyCache objects */
     PyObject *young, *fyoung, *ayoung;           /* their young dicts, or NULL */
     int old_replies;                              /* the in-zone cache's old generation is not empty */
+    /* The last client address found allowed to recurse: most datagrams of a
+       batch come from one client, and until Python code runs again the
+       answer cannot change. */
+    int allowed_known;
+    sa_family_t allowed_family;
+    unsigned char allowed_addr[16];
 } Caches;
 
 static void
@@ -90,6 +96,7 @@ caches_load(Caches *c)
     Py_ssize_t n;
     caches_clear(c);
     c->old_replies = 0;
+    c->allowed_known = 0;
     if (c->replies == Py_None)
         return 0;
     if ((c->young = young_of(c->replies)) == NULL)
@@ -234,15 +241,58 @@ address_of(const struct sockaddr_storage *addr)
 /* ForwardedReply: its bytes if they are this second's and the client may
    recurse (as the handler already found out); NULL with no error set when the
    handler must decide. */
-static PyObject *
-forwarded_reply(PyObject *entry, PyObject *allowed_young, const struct sockaddr_storage *addr)
+static const unsigned char *
+raw_address(const struct sockaddr_storage *addr, size_t *size)
 {
-    PyObject *second, *host, *known, *flag, *tail;
-    struct timespec now;
-    long long at;
+    if (addr->ss_family == AF_INET6) {
+        *size = 16;
+        return ((const struct sockaddr_in6 *)addr)->sin6_addr.s6_addr;
+    }
+    *size = 4;
+    return (const unsigned char *)&((const struct sockaddr_in *)addr)->sin_addr.s_addr;
+}
+
+/* Whether the handler already found this client allowed to recurse: 1 yes,
+   0 not known here (the handler decides), -1 error. */
+static int
+client_allowed(Caches *c, const struct sockaddr_storage *addr)
+{
+    PyObject *host, *known, *flag;
+    size_t size;
+    const unsigned char *raw = raw_address(addr, &size);
     int ok;
 
-    if (allowed_young == NULL)
+    if (c->allowed_known && c->allowed_family == addr->ss_family
+            && memcmp(c->allowed_addr, raw, size) == 0)
+        return 1;
+    host = host_of(addr);
+    if (host == NULL)
+        return -1;
+    known = PyDict_GetItemWithError(c->ayoung, host);
+    Py_DECREF(host);
+    if (known == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    flag = PyObject_GetAttr(known, s_allowed);
+    if (flag == NULL)
+        return -1;
+    ok = PyObject_IsTrue(flag);
+    Py_DECREF(flag);
+    if (ok == 1) {
+        c->allowed_known = 1;
+        c->allowed_family = addr->ss_family;
+        memcpy(c->allowed_addr, raw, size);
+    }
+    return ok;
+}
+
+static PyObject *
+forwarded_reply(PyObject *entry, Caches *c, const struct sockaddr_storage *addr)
+{
+    PyObject *second, *tail;
+    struct timespec now;
+    long long at;
+
+    if (c->ayoung == NULL)
         return NULL;
     second = PyObject_GetAttr(entry, s_second);
     if (second == NULL)
@@ -255,19 +305,7 @@ forwarded_reply(PyObject *entry, PyObject *allowed_young, const struct sockaddr_
     clock_gettime(CLOCK_MONOTONIC, &now);
     if (at != (long long)now.tv_sec)
         return NULL;
-    host = host_of(addr);
-    if (host == NULL)
-        return NULL;
-    known = PyDict_GetItemWithError(allowed_young, host);
-    Py_DECREF(host);
-    if (known == NULL)
-        return NULL;
-    flag = PyObject_GetAttr(known, s_allowed);
-    if (flag == NULL)
-        return NULL;
-    ok = PyObject_IsTrue(flag);
-    Py_DECREF(flag);
-    if (ok <= 0)
+    if (client_allowed(c, addr) <= 0)
         return NULL;
     tail = PyObject_GetAttr(entry, s_tail);
     if (tail == NULL)
@@ -301,7 +339,7 @@ cached_reply(Caches *c, const char *data, Py_ssize_t size, Py_ssize_t key_limit,
         entry = PyDict_GetItemWithError(c->fyoung, key);
         if (entry != NULL) {
             Py_INCREF(entry);
-            body = forwarded_reply(entry, c->ayoung, addr);
+            body = forwarded_reply(entry, c, addr);
             Py_DECREF(entry);
         }
     }
