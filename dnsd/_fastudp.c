@@ -14,6 +14,10 @@
  * concatenation, sendto's address parsing) than dnsmasq spends in all; and a
  * syscall per datagram each way costs kernel time a batch shares.
  *
+ * On a wildcard address (pktinfo) each reply leaves from the address its
+ * query came to, as in the Python loop. With the handler's latency histogram
+ * on (--metrics), the replies answered here are timed into it too.
+ *
  * The socket must be non-blocking. The GIL is held throughout: every syscall
  * here returns at once.
  */
@@ -30,10 +34,14 @@
 #include <time.h>
 
 #define MAX_BATCH 256
+#define MAX_BUCKETS 64
+/* Room for one IP_PKTINFO or IPV6_PKTINFO message (in6_pktinfo: 20 bytes),
+   the control space the Python loop gives recvmsg too. */
+#define CONTROL_SPACE CMSG_SPACE(20)
 
 static PyObject *one;  /* the int 1 */
 static PyObject *s_young, *s_old, *s_hits, *s_renders, *s_answer, *s_turn, *s_answers,
-    *s_fill, *s_second, *s_tail, *s_allowed;
+    *s_fill, *s_second, *s_tail, *s_allowed, *s_latency_counts, *s_latency_sum;
 
 typedef struct {
     PyObject_HEAD
@@ -47,6 +55,11 @@ typedef struct {
     struct mmsghdr *smsgs;           /* replies */
     struct iovec *siov;              /* two per reply: ID, then the rest */
     PyObject **keep;                 /* what each reply's iovecs point into, until sent */
+    int pktinfo;                     /* a wildcard address: reply from the address asked */
+    int v6;
+    char *rcontrol;                  /* batch * CONTROL_SPACE: each datagram's pktinfo */
+    char *scontrol;                  /* batch * CONTROL_SPACE: each reply's source */
+    size_t *scontrol_len;            /* 0: no control message for this reply */
     Py_ssize_t served;               /* replies answered here without the callback */
     Py_ssize_t send_errors;          /* replies not sent for an error other than EAGAIN */
     int last_send_errno;
@@ -63,6 +76,12 @@ typedef struct {
     int allowed_known;
     sa_family_t allowed_family;
     unsigned char allowed_addr[16];
+    /* Timing (the handler's --metrics latency histogram), or stats == NULL. */
+    PyObject *stats;
+    int nbounds;
+    double bounds[MAX_BUCKETS];
+    long long counts[MAX_BUCKETS + 1];
+    double seconds;
 } Caches;
 
 static void
@@ -114,6 +133,97 @@ caches_load(Caches *c)
     if ((c->ayoung = young_of(c->allowed)) == NULL && PyErr_Occurred())
         return -1;
     return 0;
+}
+
+static double
+now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.perf_counter()'s clock */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The latency histogram's bucket bounds (QueryStats.observe's bisect_left). */
+static int
+timing_load(Caches *c, PyObject *stats, PyObject *buckets)
+{
+    PyObject *seq;
+    Py_ssize_t n;
+    c->stats = NULL;
+    if (stats == Py_None)
+        return 0;
+    seq = PySequence_Fast(buckets, "latency buckets must be a sequence");
+    if (seq == NULL)
+        return -1;
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_BUCKETS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many latency buckets");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        c->bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (c->bounds[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    c->nbounds = (int)n;
+    memset(c->counts, 0, sizeof(c->counts));
+    c->seconds = 0.0;
+    c->stats = stats;
+    return 0;
+}
+
+static void
+timing_observe(Caches *c, double seconds)
+{
+    int i = 0;
+    while (i < c->nbounds && c->bounds[i] < seconds)
+        i++;
+    c->counts[i]++;
+    c->seconds += seconds;
+}
+
+/* Add what was observed here to stats.latency_counts and stats.latency_sum. */
+static int
+timing_flush(Caches *c)
+{
+    PyObject *counts, *sum, *value;
+    int rc = 0;
+    if (c->stats == NULL)
+        return 0;
+    counts = PyObject_GetAttr(c->stats, s_latency_counts);
+    if (counts == NULL)
+        return -1;
+    for (int i = 0; i <= c->nbounds && rc == 0; i++) {
+        PyObject *item, *added, *more;
+        if (!c->counts[i])
+            continue;
+        item = PySequence_GetItem(counts, i);
+        more = item == NULL ? NULL : PyLong_FromLongLong(c->counts[i]);
+        added = more == NULL ? NULL : PyNumber_Add(item, more);
+        Py_XDECREF(item);
+        Py_XDECREF(more);
+        rc = added == NULL ? -1 : PySequence_SetItem(counts, i, added);
+        Py_XDECREF(added);
+        c->counts[i] = 0;
+    }
+    Py_DECREF(counts);
+    if (rc < 0 || c->seconds == 0.0)
+        return rc;
+    sum = PyObject_GetAttr(c->stats, s_latency_sum);
+    value = sum == NULL ? NULL : PyFloat_FromDouble(PyFloat_AsDouble(sum) + c->seconds);
+    Py_XDECREF(sum);
+    if (value == NULL || PyErr_Occurred()) {
+        Py_XDECREF(value);
+        return -1;
+    }
+    rc = PyObject_SetAttr(c->stats, s_latency_sum, value);
+    Py_DECREF(value);
+    c->seconds = 0.0;
+    return rc;
 }
 
 static int
@@ -352,6 +462,55 @@ cached_reply(Caches *c, const char *data, Py_ssize_t size, Py_ssize_t key_limit,
     return body;
 }
 
+/* The control message a reply to datagram i leaves with: from the address
+   the query came to (RFC 1122 4.1.3.5), as the Python loop's _reply_cmsg
+   builds it. Returns the message's length, 0 for none. */
+static size_t
+reply_control(Reader *self, int i)
+{
+    struct msghdr *hdr = &self->rmsgs[i].msg_hdr;
+    char *out = self->scontrol + (size_t)i * CONTROL_SPACE;
+    struct cmsghdr *cmsg;
+    for (cmsg = CMSG_FIRSTHDR(hdr); cmsg != NULL; cmsg = CMSG_NXTHDR(hdr, cmsg)) {
+        struct cmsghdr *reply = (struct cmsghdr *)out;
+        if (!self->v6 && cmsg->cmsg_level == IPPROTO_IP && cmsg->cmsg_type == IP_PKTINFO
+                && cmsg->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+            struct in_pktinfo info;
+            memset(out, 0, CONTROL_SPACE);
+            memset(&info, 0, sizeof(info));
+            info.ipi_spec_dst = ((const struct in_pktinfo *)CMSG_DATA(cmsg))->ipi_addr;
+            reply->cmsg_level = IPPROTO_IP;
+            reply->cmsg_type = IP_PKTINFO;
+            reply->cmsg_len = CMSG_LEN(sizeof(info));
+            memcpy(CMSG_DATA(reply), &info, sizeof(info));
+            return CMSG_SPACE(sizeof(info));
+        }
+        if (self->v6 && cmsg->cmsg_level == IPPROTO_IPV6 && cmsg->cmsg_type == IPV6_PKTINFO
+                && cmsg->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+            memset(out, 0, CONTROL_SPACE);
+            reply->cmsg_level = IPPROTO_IPV6;
+            reply->cmsg_type = IPV6_PKTINFO;
+            reply->cmsg_len = CMSG_LEN(sizeof(struct in6_pktinfo));
+            memcpy(CMSG_DATA(reply), CMSG_DATA(cmsg), sizeof(struct in6_pktinfo));
+            return CMSG_SPACE(sizeof(struct in6_pktinfo));
+        }
+    }
+    return 0;
+}
+
+/* The same as the Python loop's list of (level, type, data), for a reply the
+   handler sends later. */
+static PyObject *
+control_list(Reader *self, int i)
+{
+    struct cmsghdr *cmsg = (struct cmsghdr *)(self->scontrol + (size_t)i * CONTROL_SPACE);
+    if (self->scontrol_len[i] == 0)
+        return PyList_New(0);
+    return Py_BuildValue("[(iiy#)]", cmsg->cmsg_level, cmsg->cmsg_type,
+                         (const char *)CMSG_DATA(cmsg),
+                         (Py_ssize_t)(cmsg->cmsg_len - CMSG_LEN(0)));
+}
+
 /* Send the queued replies: what cannot go now (EAGAIN) is dropped, as a UDP
    server must; the client retries. */
 static void
@@ -386,8 +545,13 @@ queue_reply(Reader *self, int *count, int from, PyObject *head, PyObject *body)
     hdr->msg_name = &self->addrs[from];
     hdr->msg_namelen = self->rmsgs[from].msg_hdr.msg_namelen;
     hdr->msg_iov = iov;
-    hdr->msg_control = NULL;
-    hdr->msg_controllen = 0;
+    if (self->pktinfo && self->scontrol_len[from]) {
+        hdr->msg_control = self->scontrol + (size_t)from * CONTROL_SPACE;
+        hdr->msg_controllen = self->scontrol_len[from];
+    } else {
+        hdr->msg_control = NULL;
+        hdr->msg_controllen = 0;
+    }
     hdr->msg_flags = 0;
     if (head == NULL) {  /* the query's ID, then the cached bytes */
         iov[0].iov_base = self->buffers + (Py_ssize_t)from * self->max_query;
@@ -405,11 +569,13 @@ queue_reply(Reader *self, int *count, int from, PyObject *head, PyObject *body)
 }
 
 PyDoc_STRVAR(serve_doc,
-"serve(budget, replies, forwarded, allowed, key_limit, fallback) -> int\n\n"
+"serve(budget, replies, forwarded, allowed, key_limit, fallback, stats, buckets) -> int\n\n"
 "Read and answer at most budget datagrams; return how many were read.\n"
 "replies, forwarded, allowed: the handler's UDP reply caches (ReplyCache), or\n"
-"replies=None to hand every datagram to fallback(data, address), which returns\n"
-"the reply bytes to send or None.");
+"replies=None to hand every datagram to fallback(data, address[, control]),\n"
+"which returns the reply bytes to send or None (control: on a pktinfo reader,\n"
+"the reply's control messages). stats: a QueryStats whose latency histogram\n"
+"(bounds: buckets) counts the replies answered here, or None.");
 
 static PyObject *
 Reader_serve(Reader *self, PyObject *const *args, Py_ssize_t nargs)
@@ -419,8 +585,8 @@ Reader_serve(Reader *self, PyObject *const *args, Py_ssize_t nargs)
     Caches c = {0};
     int failed = 0;
 
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "serve() takes 6 arguments");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "serve() takes 8 arguments");
         return NULL;
     }
     if (self->fd < 0) {
@@ -435,7 +601,7 @@ Reader_serve(Reader *self, PyObject *const *args, Py_ssize_t nargs)
     c.forwarded = args[2];
     c.allowed = args[3];
     fallback = args[5];
-    if (caches_load(&c) < 0)
+    if (caches_load(&c) < 0 || timing_load(&c, args[6], args[7]) < 0)
         goto error;
 
     while (total < budget && !failed) {
@@ -444,7 +610,13 @@ Reader_serve(Reader *self, PyObject *const *args, Py_ssize_t nargs)
         for (int i = 0; i < want; i++) {
             struct msghdr *hdr = &self->rmsgs[i].msg_hdr;
             hdr->msg_namelen = sizeof(struct sockaddr_storage);
-            hdr->msg_controllen = 0;
+            if (self->pktinfo) {
+                hdr->msg_control = self->rcontrol + (size_t)i * CONTROL_SPACE;
+                hdr->msg_controllen = CONTROL_SPACE;
+            } else {
+                hdr->msg_control = NULL;
+                hdr->msg_controllen = 0;
+            }
             hdr->msg_flags = 0;
         }
         got = recvmmsg(self->fd, self->rmsgs, (unsigned int)want, MSG_DONTWAIT, NULL);
@@ -459,10 +631,15 @@ Reader_serve(Reader *self, PyObject *const *args, Py_ssize_t nargs)
             const char *data = self->buffers + (Py_ssize_t)i * self->max_query;
             Py_ssize_t size = (Py_ssize_t)self->rmsgs[i].msg_len;
             PyObject *body, *packet, *address, *reply;
+            double started = c.stats != NULL ? now_seconds() : 0.0;
+            if (self->pktinfo)
+                self->scontrol_len[i] = reply_control(self, i);
             body = cached_reply(&c, data, size, key_limit, &self->addrs[i]);
             if (body != NULL) {
                 queue_reply(self, &queued, i, NULL, body);
                 self->served++;
+                if (c.stats != NULL)
+                    timing_observe(&c, now_seconds() - started);
                 continue;
             }
             if (PyErr_Occurred()) {
@@ -471,8 +648,15 @@ Reader_serve(Reader *self, PyObject *const *args, Py_ssize_t nargs)
             }
             packet = PyBytes_FromStringAndSize(data, size);
             address = packet == NULL ? NULL : address_of(&self->addrs[i]);
-            reply = address == NULL ? NULL
-                : PyObject_CallFunctionObjArgs(fallback, packet, address, NULL);
+            if (address != NULL && self->pktinfo) {
+                PyObject *control = control_list(self, i);
+                reply = control == NULL ? NULL
+                    : PyObject_CallFunctionObjArgs(fallback, packet, address, control, NULL);
+                Py_XDECREF(control);
+            } else {
+                reply = address == NULL ? NULL
+                    : PyObject_CallFunctionObjArgs(fallback, packet, address, NULL);
+            }
             Py_XDECREF(packet);
             Py_XDECREF(address);
             if (reply == NULL || caches_load(&c) < 0) {
@@ -492,10 +676,19 @@ Reader_serve(Reader *self, PyObject *const *args, Py_ssize_t nargs)
     if (failed)
         goto error;
     caches_clear(&c);
+    if (timing_flush(&c) < 0)
+        return NULL;
     return PyLong_FromSsize_t(total);
 
 error:
     caches_clear(&c);
+    if (c.stats != NULL) {  /* keep what was observed; the first error wins */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (timing_flush(&c) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
     return NULL;
 }
 
@@ -535,6 +728,12 @@ Reader_free_buffers(Reader *self)
     PyMem_Free(self->smsgs);
     PyMem_Free(self->siov);
     PyMem_Free(self->keep);
+    PyMem_Free(self->rcontrol);
+    PyMem_Free(self->scontrol);
+    PyMem_Free(self->scontrol_len);
+    self->rcontrol = NULL;
+    self->scontrol = NULL;
+    self->scontrol_len = NULL;
     self->buffers = NULL;
     self->rmsgs = NULL;
     self->riov = NULL;
@@ -547,10 +746,11 @@ Reader_free_buffers(Reader *self)
 static int
 Reader_init(Reader *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "batch", "max_query", NULL};
-    int fd, batch = 32;
+    static char *kwlist[] = {"fd", "batch", "max_query", "pktinfo", "v6", NULL};
+    int fd, batch = 32, pktinfo = 0, v6 = 0;
     Py_ssize_t max_query = 4096;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|in", kwlist, &fd, &batch, &max_query))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|inpp", kwlist, &fd, &batch, &max_query,
+                                     &pktinfo, &v6))
         return -1;
     if (fd < 0 || batch < 1 || batch > MAX_BATCH || max_query < 12) {
         PyErr_SetString(PyExc_ValueError, "Reader: bad fd, batch or max_query");
@@ -560,6 +760,8 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     self->fd = fd;
     self->batch = batch;
     self->max_query = max_query;
+    self->pktinfo = pktinfo;
+    self->v6 = v6;
     self->buffers = PyMem_Malloc((size_t)batch * (size_t)max_query);
     self->rmsgs = PyMem_Calloc((size_t)batch, sizeof(struct mmsghdr));
     self->riov = PyMem_Calloc((size_t)batch, sizeof(struct iovec));
@@ -567,7 +769,10 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     self->smsgs = PyMem_Calloc((size_t)batch, sizeof(struct mmsghdr));
     self->siov = PyMem_Calloc(2 * (size_t)batch, sizeof(struct iovec));
     self->keep = PyMem_Calloc((size_t)batch, sizeof(PyObject *));
-    if (!self->buffers || !self->rmsgs || !self->riov || !self->addrs || !self->smsgs
+    self->rcontrol = PyMem_Calloc((size_t)batch, CONTROL_SPACE);
+    self->scontrol = PyMem_Calloc((size_t)batch, CONTROL_SPACE);
+    self->scontrol_len = PyMem_Calloc((size_t)batch, sizeof(size_t));
+    if (!self->rcontrol || !self->scontrol || !self->scontrol_len || !self->buffers || !self->rmsgs || !self->riov || !self->addrs || !self->smsgs
             || !self->siov || !self->keep) {
         Reader_free_buffers(self);
         PyErr_NoMemory();
@@ -617,7 +822,8 @@ static PyGetSetDef Reader_getset[] = {
 static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dnsd._fastudp.Reader",
-    .tp_doc = PyDoc_STR("Reader(fd, batch=32, max_query=4096): one UDP socket's batched loop."),
+    .tp_doc = PyDoc_STR("Reader(fd, batch=32, max_query=4096, pktinfo=False, v6=False): "
+                        "one UDP socket's batched loop."),
     .tp_basicsize = sizeof(Reader),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -644,6 +850,7 @@ PyInit__fastudp(void)
         {&s_young, "young"}, {&s_old, "old"}, {&s_hits, "hits"}, {&s_renders, "renders"},
         {&s_answer, "answer"}, {&s_turn, "_turn"}, {&s_answers, "answers"}, {&s_fill, "fill"},
         {&s_second, "second"}, {&s_tail, "tail"}, {&s_allowed, "allowed"},
+        {&s_latency_counts, "latency_counts"}, {&s_latency_sum, "latency_sum"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)

@@ -33,7 +33,7 @@ from dnsd.replycache import (
     RENDERED_BYTES,
     ReplyCache,
 )
-from dnsd.stats import QueryStats
+from dnsd.stats import LATENCY_BUCKETS, QueryStats
 from dnsd.table import Table
 from dnsd.wire import (
     BADVERS,
@@ -144,12 +144,15 @@ class UdpCaches(NamedTuple):
     itself: it serves a query found in the young generation of ``replies``
     exactly as :meth:`Handler.handle`'s hot path does (hit counted, next
     rotation), and one found in the young generation of ``forwarded`` when the
-    entry is this second's and ``allowed`` already says the client may recurse.
+    entry is this second's and ``allowed`` already says the client may recurse;
+    with ``stats`` (timing on) it observes each such reply's latency there.
     Every other query goes to :meth:`Handler.handle`."""
 
     replies: ReplyCache[bytes, CachedReply]
     forwarded: ReplyCache[bytes, ForwardedReply]
     allowed: ReplyCache[str, _Allowed]
+    stats: QueryStats | None
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
 
 
 class Forwarder(Protocol):
@@ -191,19 +194,21 @@ class Handler:
         self._forwarded: tuple[ReplyCache[bytes, ForwardedReply],
                                ReplyCache[bytes, ForwardedReply]] = (
             ReplyCache(FORWARDED_BYTES), ReplyCache(FORWARDED_BYTES))
-        self._udp_caches = UdpCaches(self._replies[0], self._forwarded[0], self._allowed_cache)
+        self._udp_caches = UdpCaches(self._replies[0], self._forwarded[0], self._allowed_cache,
+                                     None)
+        self._udp_caches_timed = self._udp_caches._replace(stats=self.stats)
 
     def udp_caches(self) -> UdpCaches | None:
         """The caches the compiled UDP loop may answer from until it next
         returns, made current for the table's version; None when every query
-        must come to :meth:`handle` (rate limiting, the query log, timing)."""
-        if not self._plain or self.rate_limiter is not None:
+        must come to :meth:`handle` (rate limiting, the query log)."""
+        if self.log_queries or self.rate_limiter is not None:
             return None
         version = self.table.snapshot.version
         if version != self._replies_version:
             self._drop_replies()
             self._replies_version = version
-        return self._udp_caches
+        return self._udp_caches_timed if self.timed else self._udp_caches
 
     def flush_stats(self) -> None:
         """Fold the hot path's per-reply hit counts into ``stats`` (before a read)."""

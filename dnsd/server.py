@@ -290,10 +290,11 @@ class UdpSocket:
     4.1.3.5; stub resolvers drop replies from an unexpected source).
 
     With the compiled loop (``compiled``: default when it is built), datagrams
-    are read and replies sent in batches (recvmmsg/sendmmsg), and a query found
-    in the young generation of the handler's UDP reply caches (``caches``: the
-    handler's :meth:`~dnsd.handler.Handler.udp_caches`) is answered in C with
-    the same hit counting and rotation as the handler's hot path; every other
+    are read and replies sent in batches (recvmmsg/sendmmsg), pktinfo
+    included, and a query found in the young generation of the handler's UDP
+    reply caches (``caches``: the handler's
+    :meth:`~dnsd.handler.Handler.udp_caches`) is answered in C with the same
+    hit counting, rotation and timing as the handler's hot path; every other
     datagram goes to ``handle`` as in the Python loop.
     """
 
@@ -316,10 +317,12 @@ class UdpSocket:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            self.loop.add_reader(sock.fileno(), self._readable_pktinfo)
-        elif FASTUDP is not None and compiled is not False:
-            self.reader = FASTUDP.Reader(sock.fileno(), _BATCH, _MAX_QUERY)
+        if FASTUDP is not None and compiled is not False:
+            self.reader = FASTUDP.Reader(sock.fileno(), _BATCH, _MAX_QUERY, pktinfo, self.v6)
+            self.fallback = self._handle_one_pktinfo if pktinfo else self._handle_one
             self.loop.add_reader(sock.fileno(), self._readable_batched)
+        elif pktinfo:
+            self.loop.add_reader(sock.fileno(), self._readable_pktinfo)
         else:
             self.loop.add_reader(sock.fileno(), self._readable)
 
@@ -348,10 +351,12 @@ class UdpSocket:
         caches = self.caches() if self.caches is not None else None
         try:
             if caches is None:
-                reader.serve(_READS_PER_WAKEUP, None, None, None, KEY_LIMIT, self._handle_one)
+                reader.serve(_READS_PER_WAKEUP, None, None, None, KEY_LIMIT, self.fallback,
+                             None, ())
             else:
                 reader.serve(_READS_PER_WAKEUP, caches.replies, caches.forwarded,
-                             caches.allowed, KEY_LIMIT, self._handle_one)
+                             caches.allowed, KEY_LIMIT, self.fallback, caches.stats,
+                             caches.buckets)
         except OSError as exc:
             log.debug("udp error: %s", exc)
         except Exception:  # a last guard, as in the Python loop
@@ -371,6 +376,21 @@ class UdpSocket:
         if reply is None or isinstance(reply, bytes):
             return reply
         self.tasks.spawn(self._send_later(reply, addr, None))
+        return None
+
+    def _handle_one_pktinfo(self, data: bytes, addr: Any,
+                            cmsg: list[tuple[int, int, bytes]]) -> bytes | None:
+        """As :meth:`_handle_one`, on a wildcard address: ``cmsg`` is what
+        :meth:`_reply_cmsg` makes of the datagram's pktinfo, for a reply the
+        handler sends later (the compiled loop sends the others with it)."""
+        try:
+            reply = self.handle(data, addr[0], False, addr[1])
+        except Exception:  # the handler answers SERVFAIL itself; this is a last guard
+            log.exception("unexpected error handling a packet from %s", addr[0])
+            return None
+        if reply is None or isinstance(reply, bytes):
+            return reply
+        self.tasks.spawn(self._send_later(reply, addr, cmsg))
         return None
 
     def _readable(self) -> None:

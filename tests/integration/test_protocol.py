@@ -247,15 +247,17 @@ def test_ipv6_listener_answers(udp_env: dict[str, str]) -> None:
     ("[::]:0", socket.AF_INET6, "::1"),
 ])
 def test_wildcard_listener_replies_from_the_address_asked(listen: str, family: int,
-                                                          target: str) -> None:
-    with DnsdProcess(["--listen", listen, "--static", str(SERVICES)]) as proc:
+                                                          target: str,
+                                                          udp_env: dict[str, str]) -> None:
+    with DnsdProcess(["--listen", listen, "--static", str(SERVICES)], env=udp_env) as proc:
         query = dns.message.make_query("web.service.consul", "A")
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.settimeout(3)
-            sock.sendto(query.to_wire(), (target, proc.port))
-            wire, source = sock.recvfrom(65535)
-        assert source[0] == target
-        assert len(dns.message.from_wire(wire).answer[0]) == 3
+            for _ in range(3):  # a miss, then hits from the reply cache
+                sock.sendto(query.to_wire(), (target, proc.port))
+                wire, source = sock.recvfrom(65535)
+                assert source[0] == target
+                assert len(dns.message.from_wire(wire).answer[0]) == 3
         reply = dns.query.tcp(query, target, port=proc.port, timeout=3)
         assert len(reply.answer[0]) == 3
 

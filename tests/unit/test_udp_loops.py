@@ -60,7 +60,8 @@ class CachingForwarder:
         return reply.to_wire()
 
 
-def make_handler(allow: str = "127.0.0.0/8") -> tuple[Handler, CachingForwarder]:
+def make_handler(allow: str = "127.0.0.0/8", timed: bool = False
+                 ) -> tuple[Handler, CachingForwarder]:
     table = Table()
     table.publish("t", View((
         *(Instance("web", f"n{i}", "dc1", address=f"10.1.0.{i + 1}", port=80) for i in range(3)),
@@ -70,7 +71,7 @@ def make_handler(allow: str = "127.0.0.0/8") -> tuple[Handler, CachingForwarder]
     )))
     forwarder = CachingForwarder()
     return Handler(table, Answerer(ZoneSettings()), forwarder,
-                   [ipaddress.ip_network(allow)]), forwarder
+                   [ipaddress.ip_network(allow)], timed=timed), forwarder
 
 
 def wire(name: str, qtype: str = "A", ident: int = 0, **kwargs: Any) -> bytes:
@@ -97,9 +98,9 @@ def script() -> Iterator[bytes]:
         yield wire("web.service.consul", ident=1000 + n) + b"\x00" * KEY_LIMIT  # not cached
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
+def _pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.setblocking(False)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
@@ -113,7 +114,9 @@ async def _exchange(client: socket.socket, to: Any, packets: list[bytes],
         client.sendto(packet, to)
     replies = []
     for _ in range(expected):
-        replies.append(await asyncio.to_thread(client.recv, 65535))
+        reply, source = await asyncio.to_thread(client.recvfrom, 65535)
+        assert source[:2] == to[:2]  # from the address asked (a wildcard listener)
+        replies.append(reply)
     return replies
 
 
@@ -121,24 +124,35 @@ def _expected_replies(packets: list[bytes]) -> int:
     return sum(len(p) >= 12 for p in packets)
 
 
-async def run(compiled: bool, burst: int) -> tuple[list[bytes], dict[Any, int], int, int]:
-    handler, _ = make_handler()
-    sock, client = _pair()
+@dataclass
+class Outcome:
+    replies: list[bytes]
+    counts: dict[Any, int]
+    dropped: int
+    observed: int  # latency observations
+    served: int  # replies the compiled loop answered itself
+
+
+async def run(compiled: bool, burst: int, *, timed: bool = False,
+              wildcard: bool = False) -> Outcome:
+    handler, _ = make_handler(timed=timed)
+    sock, client = _pair("0.0.0.0" if wildcard else "127.0.0.1")
+    to = ("127.0.0.2" if wildcard else "127.0.0.1", sock.getsockname()[1])
     tasks = Tasks()
     endpoint = UdpSocket(sock, handler.handle, tasks, caches=handler.udp_caches,
-                         compiled=compiled)
+                         compiled=compiled, pktinfo=wildcard)
     assert endpoint.compiled is compiled
     try:
         packets = list(script())
         replies: list[bytes] = []
         for start in range(0, len(packets), burst):
             chunk = packets[start:start + burst]
-            got = await _exchange(client, sock.getsockname(), chunk, _expected_replies(chunk))
-            replies.extend(got)
+            replies.extend(await _exchange(client, to, chunk, _expected_replies(chunk)))
         await tasks.drain(1)
         handler.flush_stats()
-        served = endpoint.reader.served if endpoint.reader is not None else 0
-        return replies, dict(handler.stats.replies), handler.stats.dropped, served
+        stats = handler.stats
+        return Outcome(replies, dict(stats.replies), stats.dropped, sum(stats.latency_counts),
+                       endpoint.reader.served if endpoint.reader is not None else 0)
     finally:
         endpoint.close()
         client.close()
@@ -151,13 +165,18 @@ def _by_id(replies: list[bytes]) -> list[bytes]:
 
 @compiled_only
 @pytest.mark.parametrize("burst", [1, 13])
-async def test_compiled_loop_answers_as_the_python_loop(burst: int) -> None:
-    py_replies, py_counts, py_dropped, _ = await run(False, burst)
-    c_replies, c_counts, c_dropped, served = await run(True, burst)
-    assert _by_id(c_replies) == _by_id(py_replies)
-    assert c_counts == py_counts
-    assert c_dropped == py_dropped
-    assert served > 0  # the cache hits really were answered in C
+@pytest.mark.parametrize(("timed", "wildcard"), [(False, False), (True, False), (False, True)],
+                         ids=["plain", "timed", "wildcard"])
+async def test_compiled_loop_answers_as_the_python_loop(burst: int, timed: bool,
+                                                        wildcard: bool) -> None:
+    python = await run(False, burst, timed=timed, wildcard=wildcard)
+    compiled = await run(True, burst, timed=timed, wildcard=wildcard)
+    assert _by_id(compiled.replies) == _by_id(python.replies)
+    assert compiled.counts == python.counts
+    assert compiled.dropped == python.dropped
+    # Timed: every datagram's latency observed once, wherever it was answered.
+    assert compiled.observed == python.observed == (len(list(script())) if timed else 0)
+    assert compiled.served > 0  # the cache hits really were answered in C
 
 
 @compiled_only
