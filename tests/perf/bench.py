@@ -24,6 +24,7 @@ standard library and ``tests.perf``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -98,6 +99,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--services", type=int, default=200)
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="dnsd --workers (default 1)")
+    parser.add_argument("--pure-python", action="store_true",
+                        help="run dnsd without its compiled UDP loop (DNSD_PURE_PYTHON=1), "
+                             "to see what the loop buys")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="length of each throughput run (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds per case (default 3)")
@@ -157,6 +161,7 @@ def start_servers(args: argparse.Namespace, workdir: Path, reg: Registry, fwd: F
                   stack: list[Dnsd | Dnsmasq]) -> Endpoints:
     ends = Endpoints()
     workers = ["--workers", str(args.workers)] if args.workers > 1 else []
+    env = {"DNSD_PURE_PYTHON": "1" if args.pure_python else "0"}
     probe = reg.name(0)
     cache = max(10000, reg.services * reg.instances * 2)
     # Two dnsmasq: dnsmasq scans its srv-host lines one by one for every question
@@ -171,7 +176,7 @@ def start_servers(args: argparse.Namespace, workdir: Path, reg: Registry, fwd: F
                        cache_size=cache)
     stack.append(with_srv)
     with_srv.wait_ready(probe)
-    dnsd = Dnsd("dnsd", ["--static", str(workdir / "services.toml"), *workers])
+    dnsd = Dnsd("dnsd", ["--static", str(workdir / "services.toml"), *workers], env)
     stack.append(dnsd)
     if not answers_query(dnsd.port, probe, timeout=5.0):
         raise RuntimeError(f"dnsd does not answer {probe}:\n{dnsd.proc.log}")
@@ -191,7 +196,7 @@ def start_servers(args: argparse.Namespace, workdir: Path, reg: Registry, fwd: F
         stack.append(front)
         front.wait_ready(fwd.name(0))
         forwarder = Dnsd("dnsd-forward", ["--upstream", f"127.0.0.1:{upstream.port}",
-                                          *workers])
+                                          *workers], env)
         stack.append(forwarder)
         deadline = time.monotonic() + 5
         while not answers_query(forwarder.port, fwd.name(0)) and time.monotonic() < deadline:
@@ -247,8 +252,15 @@ def _ms(seconds: float) -> str:
 def report(args: argparse.Namespace, cases: dict[str, Case], samples: list[Sample],
            ends: Endpoints) -> str:
     out: list[str] = []
+    if args.pure_python:
+        loop = "Python UDP loop"
+    elif importlib.util.find_spec("dnsd._fastudp") is None:
+        loop = "Python UDP loop: the compiled one is not built"
+    else:
+        loop = "compiled UDP loop"
     out.append(f"dnsd vs dnsmasq: {args.services} services x {args.instances} instances, "
-               f"dnsd --workers {args.workers}, {args.rounds} rounds x {args.seconds:g} s, "
+               f"dnsd --workers {args.workers} ({loop}), "
+               f"{args.rounds} rounds x {args.seconds:g} s, "
                f"dnsperf -c {args.clients} -q {args.outstanding}; latency at "
                f"{args.latency_qps} qps for {args.latency_seconds:g} s")
     header = f"{'':34}{'dnsd':>12}{'dnsmasq':>12}{'dnsd/dnsmasq':>14}"

@@ -165,14 +165,15 @@ class Dnsmasq:
 class Dnsd:
     """``python -m dnsd`` on 127.0.0.1 (port 0) with the given arguments."""
 
-    def __init__(self, label: str, args: Sequence[str]) -> None:
+    def __init__(self, label: str, args: Sequence[str],
+                 env: dict[str, str] | None = None) -> None:
         self.label = label
         self.started = time.monotonic()
         # Started without waiting, so a dnsd that never listens is still stopped.
         # PYTHONPATH: the checkout's dnsd, whatever the current directory.
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         self.proc = DnsdProcess(["--listen", "127.0.0.1:0", *args], wait=False,
-                                env={"PYTHONPATH": path})
+                                env={"PYTHONPATH": path, **(env or {})})
         try:
             self.proc.wait_listening(timeout=120.0)
         except BaseException:
