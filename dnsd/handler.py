@@ -17,7 +17,7 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from dnslib import QTYPE, RCODE
@@ -189,11 +189,15 @@ class Handler:
         self._origin = ""  # where the reply being built comes from, for the query log
         self._allowed_cache: ReplyCache[str, _Allowed] = ReplyCache(CLIENTS_BYTES)
         self._replies_version = -1
+        # Hit counts live on the entries until read: fold those of entries
+        # the caches drop, or replace, into the statistics first.
         self._replies: tuple[ReplyCache[bytes, CachedReply], ReplyCache[bytes, CachedReply]] = (
-            ReplyCache(RENDERED_BYTES), ReplyCache(RENDERED_BYTES))
+            ReplyCache(RENDERED_BYTES, lambda dropped: self._fold(dropped, "udp")),
+            ReplyCache(RENDERED_BYTES, lambda dropped: self._fold(dropped, "tcp")))
         self._forwarded: tuple[ReplyCache[bytes, ForwardedReply],
                                ReplyCache[bytes, ForwardedReply]] = (
-            ReplyCache(FORWARDED_BYTES), ReplyCache(FORWARDED_BYTES))
+            ReplyCache(FORWARDED_BYTES, lambda dropped: self._fold(dropped, "udp", True)),
+            ReplyCache(FORWARDED_BYTES, lambda dropped: self._fold(dropped, "tcp", True)))
         self._udp_caches = UdpCaches(self._replies[0], self._forwarded[0], self._allowed_cache,
                                      None)
         self._udp_caches_timed = self._udp_caches._replace(stats=self.stats)
@@ -212,20 +216,21 @@ class Handler:
 
     def flush_stats(self) -> None:
         """Fold the hot path's per-reply hit counts into ``stats`` (before a read)."""
-        for transport, replies in (("udp", self._replies[0]), ("tcp", self._replies[1])):
-            for cached in replies.values():
-                if cached.hits:
-                    self.stats.count(cached.qtype, cached.rcode, transport, cached.hits)
-                    cached.hits = 0
-        forwarded_hits = 0
-        for transport, fwd in (("udp", self._forwarded[0]), ("tcp", self._forwarded[1])):
-            for entry in fwd.values():
-                if entry.hits:
-                    self.stats.count(entry.qtype, entry.rcode, transport, entry.hits)
-                    forwarded_hits += entry.hits
-                    entry.hits = 0
-        if forwarded_hits and self.forwarder is not None:
-            self.forwarder.stats.cache_hits += forwarded_hits
+        self._fold(self._replies[0].values(), "udp")
+        self._fold(self._replies[1].values(), "tcp")
+        self._fold(self._forwarded[0].values(), "udp", True)
+        self._fold(self._forwarded[1].values(), "tcp", True)
+
+    def _fold(self, entries: Iterable[CachedReply | ForwardedReply], transport: str,
+              forwarded: bool = False) -> None:
+        hits = 0
+        for entry in entries:
+            if entry.hits:
+                self.stats.count(entry.qtype, entry.rcode, transport, entry.hits)
+                hits += entry.hits
+                entry.hits = 0
+        if forwarded and hits and self.forwarder is not None:
+            self.forwarder.stats.cache_hits += hits
 
     def _drop_replies(self) -> None:
         self.flush_stats()

@@ -32,6 +32,7 @@ are also kept stale (RFC 8767). Imports: the standard library only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 # Keys longer than this are not cached by query bytes: a real query is well
@@ -57,12 +58,18 @@ class Sized(Protocol):
 
 
 class ReplyCache(Generic[K, V]):
-    """A byte-bounded cache of two generations (see the module docstring)."""
+    """A byte-bounded cache of two generations (see the module docstring).
 
-    __slots__ = ("_old_bytes", "_young_bytes", "max_bytes", "old", "young")
+    ``on_drop``, if given, is called with the values that leave the cache
+    because a ``put`` replaced them or their generation was dropped (not on
+    ``clear``): the values may hold counts their owner has not read yet."""
 
-    def __init__(self, max_bytes: int) -> None:
+    __slots__ = ("_old_bytes", "_young_bytes", "max_bytes", "old", "on_drop", "young")
+
+    def __init__(self, max_bytes: int,
+                 on_drop: Callable[[Iterable[V]], None] | None = None) -> None:
         self.max_bytes = max_bytes
+        self.on_drop = on_drop
         self.young: dict[K, V] = {}
         self.old: dict[K, V] = {}
         self._young_bytes = 0
@@ -91,6 +98,8 @@ class ReplyCache(Generic[K, V]):
         previous = self.young.pop(key, None)
         if previous is not None:
             self._young_bytes -= previous.size
+        if self.on_drop is not None and (stale is not None or previous is not None):
+            self.on_drop([v for v in (stale, previous) if v is not None and v is not value])
         self._admit(key, value)
 
     def _admit(self, key: K, value: V) -> None:
@@ -99,9 +108,12 @@ class ReplyCache(Generic[K, V]):
         if self._young_bytes * 2 > self.max_bytes:
             # The young generation is full: it becomes the old one, and what
             # was not used since the last turn goes.
+            dropped = self.old
             self.old, self._old_bytes = self.young, self._young_bytes
             self.young = {}
             self._young_bytes = 0
+            if self.on_drop is not None and dropped:
+                self.on_drop(dropped.values())
 
     def values(self) -> list[V]:
         return [*self.young.values(), *self.old.values()]

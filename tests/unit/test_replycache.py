@@ -91,3 +91,35 @@ def test_padded_queries_are_answered_but_not_cached_by_their_bytes() -> None:
         answer = dns.message.from_wire(reply[:2] + reply[2:], ignore_trailing=True)
         assert answer.answer and answer.answer[0].rdtype == dns.rdatatype.A
     assert len(handler._replies[True]) == 0
+
+
+def test_values_leaving_the_cache_are_handed_to_on_drop() -> None:
+    """Replaced by a put, or in a dropped generation: their owner may still
+    have to read them (the handler's hit counts); clear() hands nothing."""
+    dropped: list[Blob] = []
+    cache: ReplyCache[int, Blob] = ReplyCache(max_bytes=1_000, on_drop=dropped.extend)
+    first = Blob(100)
+    cache.put(0, first)
+    cache.put(0, Blob(100))
+    assert dropped == [first]
+    for key in range(1, 20):  # two generations' turns: the first old one goes
+        cache.put(key, Blob(100))
+    assert len(dropped) > 1 and len(cache) + len(dropped) == 21  # 20 keys, one replaced
+    dropped.clear()
+    cache.clear()
+    assert dropped == []
+
+
+def test_hits_of_a_replaced_reply_are_counted() -> None:
+    handler = _handler(3)
+    wire = dns.message.make_query("big.service.consul", "A").to_wire()
+    for _ in range(5):
+        handler.handle(wire, "127.0.0.1", False)
+    replies = handler._replies[False]
+    entry = next(iter(replies.values()))
+    replies.max_bytes = 2 * entry.size  # a generation holds two entries
+    for key in (b"one", b"two", b"three"):  # two turns: the counted entry's generation goes
+        replies.put(key, entry)
+    assert list(replies.old) == [b"two", b"three"]
+    handler.flush_stats()
+    assert sum(handler.stats.replies.values()) == 5
