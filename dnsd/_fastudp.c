@@ -41,7 +41,7 @@
 
 static PyObject *one;  /* the int 1 */
 static PyObject *s_young, *s_old, *s_hits, *s_renders, *s_answer, *s_turn, *s_answers,
-    *s_fill, *s_second, *s_tail, *s_allowed, *s_latency_counts, *s_latency_sum;
+    *s_fill, *s_second, *s_tail, *s_allowed, *s_latency_counts, *s_latency_sum, *s_get;
 
 typedef struct {
     PyObject_HEAD
@@ -427,6 +427,19 @@ forwarded_reply(PyObject *entry, Caches *c, const struct sockaddr_storage *addr)
     return tail;
 }
 
+/* A forwarded reply found in the young generation, or NULL (see forwarded_reply). */
+static PyObject *
+forwarded_lookup(Caches *c, PyObject *key, const struct sockaddr_storage *addr)
+{
+    PyObject *entry = PyDict_GetItemWithError(c->fyoung, key), *body;
+    if (entry == NULL)
+        return NULL;
+    Py_INCREF(entry);
+    body = forwarded_reply(entry, c, addr);
+    Py_DECREF(entry);
+    return body;
+}
+
 /* The reply to datagram i from the caches (a new reference to the bytes after
    the ID), or NULL: with an error set on failure, without when the handler
    must answer. */
@@ -445,13 +458,19 @@ cached_reply(Caches *c, const char *data, Py_ssize_t size, Py_ssize_t key_limit,
         Py_INCREF(entry);
         body = in_zone_reply(entry);
         Py_DECREF(entry);
-    } else if (!PyErr_Occurred() && !c->old_replies && c->fyoung != NULL) {
-        entry = PyDict_GetItemWithError(c->fyoung, key);
-        if (entry != NULL) {
-            Py_INCREF(entry);
-            body = forwarded_reply(entry, c, addr);
-            Py_DECREF(entry);
+    } else if (!PyErr_Occurred() && c->old_replies) {
+        /* As the handler does: ReplyCache.get finds it in the old generation
+           and makes it young again (which may turn the generations over). */
+        entry = PyObject_CallMethodOneArg(c->replies, s_get, key);
+        if (entry != NULL && caches_load(c) == 0) {
+            if (entry != Py_None)
+                body = in_zone_reply(entry);
+            else if (c->fyoung != NULL)
+                body = forwarded_lookup(c, key, addr);
         }
+        Py_XDECREF(entry);
+    } else if (!PyErr_Occurred() && c->fyoung != NULL) {
+        body = forwarded_lookup(c, key, addr);
     }
     Py_DECREF(key);
     if (body != NULL && !PyBytes_Check(body)) {
@@ -851,6 +870,7 @@ PyInit__fastudp(void)
         {&s_answer, "answer"}, {&s_turn, "_turn"}, {&s_answers, "answers"}, {&s_fill, "fill"},
         {&s_second, "second"}, {&s_tail, "tail"}, {&s_allowed, "allowed"},
         {&s_latency_counts, "latency_counts"}, {&s_latency_sum, "latency_sum"},
+        {&s_get, "get"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
