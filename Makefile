@@ -5,9 +5,10 @@ BIN    := $(VENV)/bin
 PORT   ?= 8600
 # Debian packages the tests drive for real: dig, dnsmasq (upstream and peer),
 # ZooKeeper (the registry), iproute2 (network namespaces for glibc clients),
-# and the resolvers people run: musl, Go, c-ares (Node.js), Java, Unbound, curl.
+# and the resolvers people run: musl, Go, c-ares (Node.js), Java, Unbound, curl;
+# gcc and the Python headers build the UDP loop's compiled half (dnsd/_fastudp.c).
 DEBS   := dnsutils dnsmasq-base zookeeperd iproute2 python3-venv musl-tools golang-go \
-          unbound curl nodejs default-jre-headless openssl
+          unbound curl nodejs default-jre-headless openssl gcc libc6-dev python3-dev
 # The benchmark's load generator (make bench only).
 BENCH_DEBS := dnsperf dnsmasq-base
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
