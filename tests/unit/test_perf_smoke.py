@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dnsd.sources.static import StaticSource
-from tests.perf import bench, dnsperf, scale
+from tests.perf import bench, dnsperf, instructions, scale
 from tests.perf.workload import ForwardZone, Registry, query_file, random_mix
 
 TINY = Registry(services=3, instances=2)
@@ -109,3 +109,12 @@ def test_bench_and_scale_build_their_inputs(tmp_path: Path) -> None:
     assert scale.build_view(TINY).instances[5].address == "10.0.0.6"
     lines = scale.table_figures(TINY)
     assert "3 services" in lines[1]
+
+
+def test_callgrind_totals_are_read(tmp_path: Path) -> None:
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text("version: 1\nevents: Ir\nfl=(1) x.c\nfn=(1) f\n1 5\n"
+                    "summary: 51321885\ntotals: 55258353\n")
+    assert instructions.total_instructions(dump) == 51_321_885
+    args = bench.parse_args(["--pure-python"])
+    assert args.pure_python
