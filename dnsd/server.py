@@ -5,7 +5,7 @@ Every task a protocol starts is tracked so shutdown can drain and cancel them.
 The UDP loop has a compiled half, ``dnsd._fastudp``, used when it was built
 and ``DNSD_PURE_PYTHON`` is not set (read once, at import); without it the
 same loop runs in Python and behaves the same. Imports: ``handler`` (its
-types and key limit) and ``dnsd._fastudp`` when present.
+types and key limit) and ``_fastudp`` when present.
 """
 
 from __future__ import annotations
