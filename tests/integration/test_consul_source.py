@@ -10,35 +10,11 @@ from contextlib import asynccontextmanager
 import pytest
 
 from dnsd.config import Config
-from dnsd.model import Health, Instance, View
+from dnsd.model import Health
 from dnsd.sources.base import SourceState
 from dnsd.sources.consul import ConsulSource
 from tests.consul_double import ConsulDouble
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.views: dict[str, View] = {}
-        self.publishes = 0
-        self.states: list[tuple[SourceState, str]] = []
-
-    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
-        self.views[source] = view
-        self.publishes += 1
-
-    def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
-        self.states.append((state, reason))
-
-    @property
-    def view(self) -> View:
-        return next(iter(self.views.values()), View())
-
-    @property
-    def state(self) -> SourceState:
-        return self.states[-1][0] if self.states else SourceState.SYNCING
-
-    def instances(self, service: str, dc: str = "dc1") -> list[Instance]:
-        return [i for i in self.view.instances if i.service == service and i.datacenter == dc]
+from tests.sinks import RecordingSink
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -176,7 +152,7 @@ async def test_outage_keeps_last_view_then_resyncs(double: ConsulDouble,
     await until(lambda: sink.state is SourceState.STALE)
     assert sink.view == before  # nothing published: the last table keeps serving
     await asyncio.sleep(0.5)    # several retries...
-    stale = [s for s in sink.states if s[0] is SourceState.STALE]
+    stale = [s for s in sink.states if s.state is SourceState.STALE]
     assert len(stale) <= 2      # ...reported once per failing datacenter, not per retry
     # Changes made while dnsd could not see them arrive with the resync.
     double.start()
@@ -190,7 +166,7 @@ async def test_no_leader_is_an_outage(double: ConsulDouble, running: Running) ->
     _, sink = running
     double.set_leader(False)
     await until(lambda: sink.state is SourceState.STALE)
-    assert "No cluster leader" in sink.states[-1][1]
+    assert "No cluster leader" in sink.states[-1].reason
     assert sink.instances("web")
     double.set_leader(True)
     await until(lambda: sink.state is SourceState.UP)
@@ -219,7 +195,7 @@ async def test_wrong_token_is_stale_with_reason(double: ConsulDouble) -> None:
     task = asyncio.create_task(source.run(sink))
     try:
         await until(lambda: sink.state is SourceState.STALE)
-        assert "permission denied" in sink.states[-1][1]
+        assert "permission denied" in sink.states[-1].reason
         assert not sink.views
     finally:
         task.cancel()

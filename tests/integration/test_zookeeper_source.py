@@ -19,11 +19,11 @@ from dnsd.sources.base import SourceState
 from dnsd.sources.zookeeper import ZooKeeperSource
 from tests.integration import conftest_zookeeper as fixtures
 from tests.integration.conftest_zookeeper import (
-    RecordingSink,
     Registrator,
     TcpProxy,
     wait_until,
 )
+from tests.sinks import RecordingSink
 from tests.zookeeper_server import ZooKeeperServer
 
 # The fixtures, by name (pytest finds them as module attributes).
