@@ -79,13 +79,10 @@ not used. python-consul2 is imported here only. Imports: ``config``, ``model``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import math
-import queue
 import random
-import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,7 +94,9 @@ import requests
 
 from dnsd.config import Config
 from dnsd.model import Health, Instance, Node, View
+from dnsd.sources.backoff import Backoff
 from dnsd.sources.base import Sink, SourceState
+from dnsd.sources.threads import ClientThreads
 
 log = logging.getLogger("dnsd.consul")
 
@@ -114,27 +113,6 @@ QUICK_RETURN_PAUSE = 0.5    # ...so the next one waits this long first
 
 class ConsulUnavailable(Exception):
     """Consul could not be read; the message says why, in one line."""
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with jitter ("equal jitter": half fixed, half random).
-
-    ``rng`` is injected so tests can pin the sequence.
-    """
-
-    base: float = 0.25
-    cap: float = 30.0
-    rng: random.Random = field(default_factory=random.Random)
-    attempts: int = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.base * float(2 ** min(self.attempts, 30)))
-        self.attempts += 1
-        return ceiling / 2 + float(self.rng.uniform(0, ceiling / 2))
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 def parse_index(raw: object) -> int:
@@ -271,90 +249,6 @@ def instance_from_entry(entry: object, datacenter: str) -> Instance:
 Client = Any  # consul.Consul: python-consul2 ships no type hints
 
 
-class ClientThreads:
-    """Daemon threads, each owning one python-consul2 client, fed by one queue.
-
-    Daemon, because a thread blocked in a long-poll cannot be interrupted and
-    must not hold up process exit. ``size`` threads start at once; more are
-    started when a job finds no idle thread, up to ``limit``, which bounds
-    concurrency. Each client is built by its own thread, which alone uses it.
-    """
-
-    def __init__(self, factory: Callable[[], Client], name: str, size: int,
-                 limit: int | None = None) -> None:
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._factory = factory
-        self._name = name
-        self._limit = max(size, limit if limit is not None else size)
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._idle = 0     # threads waiting for a job...
-        self._queued = 0   # ...and jobs waiting for a thread
-        self._closed = False
-        with self._lock:
-            for _ in range(size):
-                self._spawn()
-
-    @property
-    def threads(self) -> int:
-        return self._threads
-
-    def _spawn(self) -> None:  # with self._lock held
-        self._threads += 1
-        self._idle += 1
-        threading.Thread(target=self._work, daemon=True,
-                         name=f"{self._name}-{self._threads}").start()
-
-    def _work(self) -> None:
-        client = self._factory()
-        while True:
-            job = self._jobs.get()
-            with self._lock:
-                self._idle -= 1
-                self._queued -= job is not None
-            if job is None or self._closed:  # closed: drop queued work, nobody awaits it
-                return
-            fn, loop, future = job
-            if future.done():  # cancelled while queued (a sweep restarted): skip it
-                with self._lock:
-                    self._idle += 1
-                continue
-            try:
-                result, error = fn(client), None
-            except BaseException as exc:
-                result, error = None, exc
-            with self._lock:
-                self._idle += 1
-            # A closed loop (RuntimeError) means nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, result, error)
-
-    async def call(self, fn: Callable[[Client], T]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._lock:
-            self._queued += 1
-            if self._queued > self._idle and self._threads < self._limit:
-                self._spawn()
-        self._jobs.put((fn, loop, future))
-        return await future
-
-    def close(self) -> None:
-        """Let the threads exit once their current request returns."""
-        self._closed = True
-        for _ in range(self._threads):
-            self._jobs.put(None)
-
-
-def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
 def _describe(exc: BaseException) -> str:
     """One line for an error from python-consul2 or requests."""
     if isinstance(exc, requests.exceptions.ConnectionError):
@@ -467,10 +361,10 @@ def parse_checks(data: object) -> dict[tuple[str, str], tuple[str, str, str]]:
 class Pools:
     """The thread pools of one datacenter session."""
 
-    catalog: ClientThreads   # the three catalog-wide long-polls
-    services: ClientThreads  # per-service long-polls, grown on demand
-    fetch: ClientThreads     # resync and targeted reads
-    sweep: ClientThreads     # re-reads of every unwatched service
+    catalog: ClientThreads[Client]   # the three catalog-wide long-polls
+    services: ClientThreads[Client]  # per-service long-polls, grown on demand
+    fetch: ClientThreads[Client]     # resync and targeted reads
+    sweep: ClientThreads[Client]     # re-reads of every unwatched service
 
     def close(self) -> None:
         for pool in (self.catalog, self.services, self.fetch, self.sweep):
@@ -535,10 +429,10 @@ class ConsulSource:
         return client
 
     def _threads(self, size: int, timeout: float, label: str,
-                 limit: int | None = None) -> ClientThreads:
+                 limit: int | None = None) -> ClientThreads[Client]:
         return ClientThreads(lambda: self._client(timeout), f"consul-{label}", size, limit)
 
-    async def _call(self, threads: ClientThreads, fn: Callable[[Client], T]) -> T:
+    async def _call(self, threads: ClientThreads[Client], fn: Callable[[Client], T]) -> T:
         self.counters["requests"] += 1
         try:
             return await threads.call(fn)
@@ -617,7 +511,7 @@ class ConsulSource:
         finally:
             pools.close()
 
-    async def _resync(self, slot: str, fetchers: ClientThreads) -> DcState:
+    async def _resync(self, slot: str, fetchers: ClientThreads[Client]) -> DcState:
         self.counters["resyncs"] += 1
         dc_param = slot or None
         if not slot:
@@ -646,7 +540,7 @@ class ConsulSource:
         self._dcs[slot] = fresh
         return fresh
 
-    async def _fetch(self, state: DcState, names: set[str], fetchers: ClientThreads
+    async def _fetch(self, state: DcState, names: set[str], fetchers: ClientThreads[Client]
                      ) -> dict[str, tuple[int, tuple[Instance, ...]]]:
         """Read ``/v1/health/service/<name>`` for each name, bounded by the pool size:
         name -> (the service's index, its instances)."""
@@ -660,7 +554,7 @@ class ConsulSource:
         return {name: (parse_index(raw), self._instances(state.name, name, entries or []))
                 for name, (raw, entries) in zip(ordered, replies, strict=True)}
 
-    async def _fetch_each(self, state: DcState, ordered: list[str], fetchers: ClientThreads,
+    async def _fetch_each(self, state: DcState, ordered: list[str], fetchers: ClientThreads[Client],
                           found: Callable[[str, int, tuple[Instance, ...]], None]) -> None:
         """Read each service in order (bounded by the pool), calling ``found`` as
         each reply lands rather than once all have."""
@@ -852,7 +746,7 @@ class ConsulSource:
             failed.cancel()
             await asyncio.gather(*every, return_exceptions=True)
 
-    async def _watch(self, threads: ClientThreads,
+    async def _watch(self, threads: ClientThreads[Client],
                      query: Callable[[Client, int | None, str], tuple[object, object]],
                      index: int, apply: Callable[[int, object, bool], None]) -> None:
         """Follow one endpoint with blocking queries, calling

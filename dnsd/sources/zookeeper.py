@@ -27,7 +27,6 @@ complete. Imports: ``config``, ``model``, ``sources.base``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -53,6 +52,7 @@ from kazoo.retry import KazooRetry
 from dnsd.config import Config
 from dnsd.model import AddressKind, Instance, View, classify_address, is_hostname, is_label
 from dnsd.sources.base import Sink, SourceState
+from dnsd.sources.threads import LoopHop
 
 log = logging.getLogger("dnsd.zookeeper")
 
@@ -316,9 +316,11 @@ class _Watcher:
         self._debounce: asyncio.TimerHandle | None = None
         self._max_delay: asyncio.TimerHandle | None = None
         self._closed = False
+        self._hop = LoopHop(loop)  # kazoo's threads reach the loop through this only
 
     def close(self) -> None:
         self._closed = True
+        self._hop.close()
         for handle in (self._debounce, self._max_delay):
             if handle is not None:
                 handle.cancel()
@@ -342,14 +344,6 @@ class _Watcher:
 
     # --- hops from kazoo's threads to the loop ---------------------------------
 
-    def _hop(self, func: Callable[..., None], *args: Any) -> None:
-        """Run ``func(*args)`` on the loop; called from kazoo's threads."""
-        loop = self._loop
-        if self._closed:
-            return
-        # RuntimeError: the loop closed under us during shutdown.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(func, *args)
 
     def kazoo_state(self, state: str) -> None:
         # On kazoo's connection thread, which must never block.

@@ -8,7 +8,6 @@ import pytest
 
 from dnsd.model import AddressKind, Health
 from dnsd.sources.consul import (
-    Backoff,
     ConsulUnavailable,
     diff_checks,
     diff_services,
@@ -54,18 +53,6 @@ def test_parse_index_rejects_missing_or_garbage(raw: object) -> None:
 def test_next_index_follows_consul_rules(previous: int, returned: int,
                                          expected: tuple[int, bool]) -> None:
     assert next_index(previous, returned) == expected
-
-
-def test_backoff_grows_is_capped_jittered_and_resets() -> None:
-    backoff = Backoff(base=0.25, cap=4.0, rng=random.Random(7))
-    delays = [backoff.next() for _ in range(10)]
-    ceilings = [min(4.0, 0.25 * 2 ** n) for n in range(10)]
-    for delay, ceiling in zip(delays, ceilings, strict=True):
-        assert ceiling / 2 <= delay <= ceiling
-    assert max(delays) <= 4.0
-    assert len(set(delays)) == len(delays)  # jittered: no two equal
-    backoff.reset()
-    assert backoff.next() <= 0.25
 
 
 def test_instance_from_entry_maps_consul_fields() -> None:
