@@ -28,6 +28,7 @@ from dnsd.server import Tasks, TcpLimits, connection_cap
 from dnsd.signals import STOP as STOP_SIGNALS
 from dnsd.signals import PendingSignals
 from dnsd.sources.base import Source, SourceState
+from dnsd.sources.registry import build_sources, datacenter_fixed, static_settings
 from dnsd.sources.static import StaticSource
 from dnsd.state import StateSaver, load_views
 from dnsd.stats import QueryStats
@@ -60,13 +61,11 @@ class App:
 
     def __post_init__(self) -> None:
         cfg = self.config
-        fixed = cfg.datacenter_set or cfg.consul is None
-        self.table = Table(cfg.datacenter, datacenter_fixed=fixed)
+        self.table = Table(cfg.datacenter, datacenter_fixed=datacenter_fixed(cfg))
         self.tasks = Tasks()
         # Raises the open-files limit where allowed; never more connections than fit.
         self.tcp_limits = TcpLimits(max_connections=connection_cap())
-        self.static_sources = [StaticSource(path, cfg.node_name, cfg.datacenter)
-                               for path in cfg.static]
+        self.static_sources = [StaticSource(path, static_settings(cfg)) for path in cfg.static]
         self.sources: list[Source] = [*self.static_sources, *self._registry_sources()]
         for source in self.sources:
             self.statuses[source.name] = SourceStatus()
@@ -90,16 +89,7 @@ class App:
     # --- construction helpers ------------------------------------------------
 
     def _registry_sources(self) -> list[Source]:
-        sources: list[Source] = []
-        if self.config.consul:
-            from dnsd.sources.consul import ConsulSource
-
-            sources.append(ConsulSource(self.config))
-        if self.config.zookeeper:
-            from dnsd.sources.zookeeper import ZooKeeperSource
-
-            sources.append(ZooKeeperSource(self.config))
-        return sources
+        return build_sources(self.config)
 
     def _forwarder(self) -> Forwarder | None:
         if self.config.no_forward:
@@ -284,8 +274,7 @@ class App:
             keep = {s.path: s for s in self.static_sources}
             fresh = []
             for path in new.static:
-                source = keep.pop(path, None) or StaticSource(path, new.node_name,
-                                                              new.datacenter)
+                source = keep.pop(path, None) or StaticSource(path, static_settings(new))
                 fresh.append(source)
             for gone in keep.values():
                 self.sources.remove(gone)

@@ -72,8 +72,7 @@ iteration (many watches returning together) coalesce into one.
 python-consul2's synchronous client runs in daemon threads, one client (and so
 one ``requests`` session, which is not meant to be shared across threads) per
 thread; its asyncio client opens a new HTTP session for every request, so it is
-not used. python-consul2 is imported here only. Imports: ``config``, ``model``,
-``sources.base``.
+not used. python-consul2 is imported here only. Imports: ``model``, ``sources``.
 """
 
 from __future__ import annotations
@@ -92,7 +91,6 @@ from urllib.parse import urlparse
 import consul
 import requests
 
-from dnsd.config import Config
 from dnsd.model import Health, Instance, Node, View
 from dnsd.sources.backoff import Backoff
 from dnsd.sources.base import Sink, SourceState
@@ -371,28 +369,39 @@ class Pools:
             pool.close()
 
 
+@dataclass(frozen=True, slots=True)
+class ConsulSettings:
+    """Everything the Consul source runs with (built from the configuration
+    by ``sources.registry``; tests shorten the waits)."""
+
+    url: str
+    token: str | None = None
+    ca: str | None = None              # CA bundle for https; None: the system's
+    datacenters: tuple[str, ...] = ()  # remote datacenters also watched
+    agent_names_local: bool = True     # the agent's datacenter is the local one
+    wait: float = DEFAULT_WAIT
+    fetch_concurrency: int = FETCH_CONCURRENCY
+    watch_limit: int = WATCH_LIMIT
+    backoff_base: float = 0.25
+    backoff_cap: float = 30.0
+
+
 class ConsulSource:
     """Watches one Consul agent (and, through it, remote datacenters)."""
 
-    def __init__(self, config: Config, *, wait: float = DEFAULT_WAIT,
-                 fetch_concurrency: int = FETCH_CONCURRENCY,
-                 watch_limit: int = WATCH_LIMIT,
-                 backoff_base: float = 0.25, backoff_cap: float = 30.0,
-                 rng: random.Random | None = None) -> None:
-        if config.consul is None:
-            raise ValueError("ConsulSource needs config.consul")
-        self.config = config
-        self.url = config.consul
+    def __init__(self, settings: ConsulSettings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.url = settings.url
         parsed = urlparse(self.url)
         self._scheme = parsed.scheme or "http"
         self._host = parsed.hostname or "127.0.0.1"
         self._port = parsed.port or (443 if self._scheme == "https" else 8500)
-        self._verify: bool | str = config.consul_ca or True
-        self._token = config.consul_token or None
-        self.wait = wait
-        self.fetch_concurrency = max(1, fetch_concurrency)
-        self.watch_limit = max(0, watch_limit)
-        self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
+        self._verify: bool | str = settings.ca or True
+        self._token = settings.token or None
+        self.wait = settings.wait
+        self.fetch_concurrency = max(1, settings.fetch_concurrency)
+        self.watch_limit = max(0, settings.watch_limit)
+        self._backoff_base, self._backoff_cap = settings.backoff_base, settings.backoff_cap
         self._rng = rng or random.Random()
         self._sink: Sink | None = None
         self._dcs: dict[str, DcState] = {}
@@ -445,7 +454,7 @@ class ConsulSource:
 
     async def run(self, sink: Sink) -> None:
         self._sink = sink
-        remotes = [dc for dc in self.config.consul_datacenters]
+        remotes = list(self.settings.datacenters)
         slots = ["", *dict.fromkeys(remotes)]  # "" is the agent's own datacenter
         for slot in slots:
             self._dcs[slot] = DcState(slot=slot, name=slot)
@@ -804,7 +813,7 @@ class ConsulSource:
                         self._warned.add(key)
                         log.warning("consul %s: skipping node %r in %s: %s", self.url,
                                     node_name, dc.name, exc)
-        local = None if self.config.datacenter_set else self._agent_dc
+        local = self._agent_dc if self.settings.agent_names_local else None
         self.counters["publishes"] += 1
         observed_at, self._observed_at = self._observed_at, None
         self._sink.publish(self.name, View(tuple(instances), tuple(nodes), local), observed_at)

@@ -3,8 +3,8 @@ service definitions, re-read when they change.
 
 Parsing is strict and names the file, the entry and the field of any problem. A
 file that turns bad while dnsd runs leaves its previous view serving; the error
-is logged once per bad version of the file. Imports: ``config``, ``errors``,
-``model``, ``sources.base``.
+is logged once per bad version of the file. Imports: ``errors``, ``model``,
+``sources``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from dnsd.errors import ServicesFileError
@@ -173,15 +174,25 @@ def load_services_file(path: str, node_name: str, datacenter: str) -> View:
     return parse_services(path, _read(path), node_name, datacenter)
 
 
+@dataclass(frozen=True, slots=True)
+class StaticSettings:
+    """What every services file is read with (built from the configuration by
+    ``sources.registry``)."""
+
+    node_name: str                       # the node of entries that name none
+    datacenter: str                      # the datacenter of entries that name none
+    poll_interval: float = POLL_INTERVAL
+
+
 class StaticSource:
     """Publishes one services file and re-reads it when it changes."""
 
-    def __init__(self, path: str, node_name: str, datacenter: str,
-                 poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, path: str, settings: StaticSettings) -> None:
         self.path = path
-        self.node_name = node_name
-        self.datacenter = datacenter
-        self.poll_interval = poll_interval
+        self.settings = settings
+        self.node_name = settings.node_name
+        self.datacenter = settings.datacenter
+        self.poll_interval = settings.poll_interval
         self._stamp: tuple[int, int, int] | None = None
         self._failed_stamp: tuple[int, int, int] | None = None
         self.view: View | None = None

@@ -21,7 +21,7 @@ of a few milliseconds, so a burst becomes one swap). kazoo drops every watch
 when the connection is lost, so after each (re)connection the whole tree is
 listed again under a new *generation*; replies to reads of older generations
 are ignored, and the fresh view is published only once that listing is
-complete. Imports: ``config``, ``model``, ``sources.base``.
+complete. Imports: ``model``, ``sources``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from kazoo.protocol.states import (
 )
 from kazoo.retry import KazooRetry
 
-from dnsd.config import Config
 from dnsd.model import AddressKind, Instance, View, classify_address, is_hostname, is_label
 from dnsd.sources.base import Sink, SourceState
 from dnsd.sources.threads import LoopHop
@@ -237,20 +236,37 @@ def _close_client(client: Any) -> None:
         log.debug("error closing the ZooKeeper client", exc_info=True)
 
 
+@dataclass(frozen=True, slots=True)
+class ZooKeeperSettings:
+    """Everything the ZooKeeper source runs with (built from the configuration
+    by ``sources.registry``)."""
+
+    spec: str                      # HOSTS/PATH as given, e.g. zk1:2181,zk2:2181/services
+    datacenter: str                # the datacenter its instances are served in
+    session_timeout: float = SESSION_TIMEOUT
+    max_retry_delay: float = MAX_RETRY_DELAY
+    connect_grace: float = CONNECT_GRACE
+
+    @property
+    def hosts(self) -> str:
+        return split_zookeeper(self.spec)[0]
+
+    @property
+    def base(self) -> str:
+        return split_zookeeper(self.spec)[1]
+
+
 class ZooKeeperSource:
     """Watches registrator's tree in ZooKeeper and publishes it as a view."""
 
-    def __init__(self, config: Config, *, session_timeout: float = SESSION_TIMEOUT,
-                 max_retry_delay: float = MAX_RETRY_DELAY,
-                 connect_grace: float = CONNECT_GRACE) -> None:
-        if not config.zookeeper:
-            raise ValueError("ZooKeeperSource needs config.zookeeper")
-        self.spec = config.zookeeper
-        self.hosts, self.base = split_zookeeper(config.zookeeper)
-        self.datacenter = config.zookeeper_datacenter or config.datacenter
-        self.session_timeout = session_timeout
-        self.max_retry_delay = max_retry_delay
-        self.connect_grace = connect_grace
+    def __init__(self, settings: ZooKeeperSettings) -> None:
+        self.settings = settings
+        self.spec = settings.spec
+        self.hosts, self.base = settings.hosts, settings.base
+        self.datacenter = settings.datacenter
+        self.session_timeout = settings.session_timeout
+        self.max_retry_delay = settings.max_retry_delay
+        self.connect_grace = settings.connect_grace
         # Counters for metrics; monotonic over the process lifetime.
         self.skipped_total = 0       # instance znodes that yielded no instance
         self.ignored_total = 0       # znodes whose JSON (or part of it) was ignored

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -12,9 +13,20 @@ import pytest
 from dnsd.config import Config
 from dnsd.model import Health
 from dnsd.sources.base import SourceState
-from dnsd.sources.consul import ConsulSource
+from dnsd.sources.consul import ConsulSettings, ConsulSource
+from dnsd.sources.registry import consul_settings
 from tests.consul_double import ConsulDouble
 from tests.sinks import RecordingSink
+
+
+def settings(double: ConsulDouble, **options: object) -> ConsulSettings:
+    """The settings ``--consul <double>`` and the Config fields in ``options``
+    give, with the ConsulSettings fields in ``options`` (shorter waits) applied."""
+    fields = {f.name for f in dataclasses.fields(ConsulSettings)}
+    config = Config(consul=double.url,  # type: ignore[arg-type]
+                    **{k: v for k, v in options.items() if k not in fields})
+    return dataclasses.replace(consul_settings(config),  # type: ignore[arg-type]
+                               **{k: v for k, v in options.items() if k in fields})
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -42,9 +54,9 @@ Running = tuple[ConsulSource, RecordingSink]
 async def start(double: ConsulDouble, watch_limit: int | None = None,
                 **config: object) -> AsyncIterator[Running]:
     """A running source (short waits and backoff) and the sink it reports to."""
-    cfg = Config(consul=double.url, **config)  # type: ignore[arg-type]
     options = {} if watch_limit is None else {"watch_limit": watch_limit}
-    source = ConsulSource(cfg, wait=2.0, backoff_base=0.05, backoff_cap=0.3, **options)
+    source = ConsulSource(settings(double, wait=2.0, backoff_base=0.05, backoff_cap=0.3,
+                                   **options, **config))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -189,8 +201,8 @@ async def test_token_is_sent(double: ConsulDouble) -> None:
 
 async def test_wrong_token_is_stale_with_reason(double: ConsulDouble) -> None:
     double.required_token = "s3cret"
-    source = ConsulSource(Config(consul=double.url, consul_token="wrong"), wait=2.0,
-                          backoff_base=0.05, backoff_cap=0.3)
+    source = ConsulSource(settings(double, consul_token="wrong", wait=2.0,
+                                   backoff_base=0.05, backoff_cap=0.3))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -207,7 +219,7 @@ async def test_idle_request_rate_is_bounded_by_the_watch_limit(double: ConsulDou
                                                                 services: int) -> None:
     for n in range(services):
         double.register(f"svc{n}", f"svc{n}-1", node="node1", port=1000 + n)
-    source = ConsulSource(Config(consul=double.url), wait=1.0, watch_limit=16)
+    source = ConsulSource(settings(double, wait=1.0, watch_limit=16))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -278,7 +290,7 @@ def _polled_with_index(double: ConsulDouble, service: str) -> bool:
 
 
 async def test_cancel_is_prompt_during_a_long_poll(double: ConsulDouble) -> None:
-    source = ConsulSource(Config(consul=double.url), wait=60.0)
+    source = ConsulSource(settings(double, wait=60.0))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     await until(lambda: sink.state is SourceState.UP)

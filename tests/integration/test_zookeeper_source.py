@@ -10,12 +10,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
 from kazoo.client import KazooClient
 
 from dnsd.config import load_config
 from dnsd.sources.base import SourceState
+from dnsd.sources.registry import zookeeper_settings
 from dnsd.sources.zookeeper import ZooKeeperSource
 from tests.integration import conftest_zookeeper as fixtures
 from tests.integration.conftest_zookeeper import (
@@ -37,7 +39,7 @@ async def running(hosts: str, base: str, *extra: str,
                   **kwargs: float) -> AsyncIterator[tuple[ZooKeeperSource, RecordingSink]]:
     config = load_config(["--zookeeper", f"{hosts}{base}", *extra])
     kwargs.setdefault("max_retry_delay", 0.2)
-    source = ZooKeeperSource(config, **kwargs)
+    source = ZooKeeperSource(replace(zookeeper_settings(config), **kwargs))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:

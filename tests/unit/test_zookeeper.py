@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dnsd.config import load_config
 from dnsd.model import AddressKind
+from dnsd.sources.registry import zookeeper_settings
 from dnsd.sources.zookeeper import (
     ZooKeeperSource,
     endpoint_from_name,
@@ -161,14 +162,14 @@ def test_bad_tags_and_attrs_are_dropped_not_fatal() -> None:
 
 def test_source_name_base_and_datacenter() -> None:
     config = load_config(["--zookeeper", "zk1:2181,zk2:2181/services", "--datacenter", "east"])
-    source = ZooKeeperSource(config)
+    source = ZooKeeperSource(zookeeper_settings(config))
     assert source.name == "zookeeper:zk1:2181,zk2:2181/services"
     assert (source.hosts, source.base, source.datacenter) == (
         "zk1:2181,zk2:2181", "/services", "east")
     config = load_config(["--zookeeper", "zk1/services", "--zookeeper-datacenter", "zk"])
-    assert ZooKeeperSource(config).datacenter == "zk"
+    assert ZooKeeperSource(zookeeper_settings(config)).datacenter == "zk"
     with pytest.raises(ValueError, match="zookeeper"):
-        ZooKeeperSource(load_config([]))
+        zookeeper_settings(load_config([]))
 
 
 @given(service=st.text(max_size=70), child=st.text(max_size=80), data=st.binary(max_size=200))
