@@ -1,4 +1,4 @@
-"""The Consul source's pure parts: index rules, backoff, diffs, JSON mapping."""
+"""The Consul source's pure parts: index rules, diffs, JSON mapping."""
 
 from __future__ import annotations
 
@@ -7,19 +7,16 @@ import random
 import pytest
 
 from dnsd.model import AddressKind, Health
-from dnsd.sources.consul import (
+from dnsd.sources.consul.parse import (
     ConsulUnavailable,
     diff_checks,
     diff_services,
     instance_from_entry,
-    next_index,
     parse_checks,
-    parse_index,
     parse_nodes,
     parse_service_list,
-    plan_watches,
-    slot_wait,
 )
+from dnsd.sources.consul.watch import next_index, parse_index, plan_watches, slot_wait
 
 
 def entry(**service: object) -> dict[str, object]:
