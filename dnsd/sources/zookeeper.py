@@ -16,12 +16,13 @@ Every piece of state below lives on the loop thread, and only the loop publishes
 
 Sync model: the tree (services -> children -> parsed data) is kept current by
 one-shot ZooKeeper watches, each of which triggers a fresh read that sets the
-next watch. A view is published when no read is outstanding (after a debounce
-of a few milliseconds, so a burst becomes one swap). kazoo drops every watch
-when the connection is lost, so after each (re)connection the whole tree is
-listed again under a new *generation*; replies to reads of older generations
-are ignored, and the fresh view is published only once that listing is
-complete. Imports: ``model``, ``sources``.
+next watch. A view is published (through the shared ``Publisher``) when no
+read is outstanding, after a debounce of a few milliseconds, so a burst
+becomes one swap. kazoo drops every watch when the connection is lost, so
+after each (re)connection the whole tree is listed again under a new
+*generation*; replies to reads of older generations are ignored, and the
+fresh view is published only once that listing is complete. Imports:
+``model``, ``sources`` (base, publisher, threads).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from kazoo.retry import KazooRetry
 
 from dnsd.model import AddressKind, Instance, View, classify_address, is_hostname, is_label
 from dnsd.sources.base import Sink, SourceState
+from dnsd.sources.publisher import Publisher
 from dnsd.sources.threads import LoopHop
 
 log = logging.getLogger("dnsd.zookeeper")
@@ -271,11 +273,17 @@ class ZooKeeperSource:
         self.skipped_total = 0       # instance znodes that yielded no instance
         self.ignored_total = 0       # znodes whose JSON (or part of it) was ignored
         self.resyncs_total = 0       # full re-listings (one per (re)connection)
-        self.publishes_total = 0
+        self._publishes_before = 0   # by the publishers of runs that ended
+        self._watcher: _Watcher | None = None
 
     @property
     def name(self) -> str:
         return f"zookeeper:{self.spec}"
+
+    @property
+    def publishes_total(self) -> int:
+        current = self._watcher.publisher.publishes if self._watcher is not None else 0
+        return self._publishes_before + current
 
     @property
     def counters(self) -> dict[str, int]:
@@ -292,7 +300,7 @@ class ZooKeeperSource:
                            max_delay=self.max_retry_delay)
         client = KazooClient(hosts=self.hosts, timeout=self.session_timeout,
                              connection_retry=retry, logger=_kazoo_log)
-        watcher = _Watcher(self, client, sink, loop)
+        watcher = self._watcher = _Watcher(self, client, sink, loop)
         client.add_listener(watcher.kazoo_state)
         grace = loop.call_later(self.connect_grace, watcher.connect_overdue)
         try:
@@ -302,6 +310,8 @@ class ZooKeeperSource:
         finally:
             grace.cancel()
             watcher.close()
+            self._publishes_before += watcher.publisher.publishes
+            self._watcher = None
             await asyncio.shield(asyncio.to_thread(_close_client, client))
 
 
@@ -316,7 +326,6 @@ class _Watcher:
                  loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
         self._client = client
-        self._sink = sink
         self._loop = loop
         self.base = source.base
         self._services: dict[str, dict[str, Parsed | None]] = {}  # None: data being read
@@ -325,38 +334,33 @@ class _Watcher:
         self._connected = False
         self._listing = False            # a full listing is in progress
         self._failed = False             # a read of this generation lost the connection
-        self._state: SourceState = SourceState.SYNCING
-        self._reason = ""
-        self._published: View | None = None
-        self._dirty_since: float | None = None
-        self._debounce: asyncio.TimerHandle | None = None
-        self._max_delay: asyncio.TimerHandle | None = None
         self._closed = False
         self._hop = LoopHop(loop)  # kazoo's threads reach the loop through this only
+        # A view goes out after DEBOUNCE of quiet with no read outstanding (a
+        # burst becomes one swap), and at least every MAX_DELAY under churn.
+        self.publisher = Publisher(sink, source.name, self._view, log=log, debounce=DEBOUNCE,
+                                   max_delay=MAX_DELAY, settled=lambda: self._outstanding == 0,
+                                   after=self._published)
 
     def close(self) -> None:
         self._closed = True
         self._hop.close()
-        for handle in (self._debounce, self._max_delay):
-            if handle is not None:
-                handle.cancel()
+        self.publisher.close()
 
     def connect_overdue(self) -> None:
-        if not self._connected and self._state is SourceState.SYNCING:
+        if not self._connected and self.publisher.state is SourceState.SYNCING:
             self._set_state(SourceState.STALE, f"cannot reach ZooKeeper at {self.source.hosts}")
 
     def _set_state(self, state: SourceState, reason: str = "") -> None:
         # Once per change: a lost connection that turns into an expired session
         # is worth its own line, a retry that fails again is not.
-        if (state, reason) == (self._state, self._reason):
+        if not self.publisher.report(state, reason):
             return
-        self._state, self._reason = state, reason
         if state is SourceState.STALE:
             log.warning("ZooKeeper %s: stale, serving the last view: %s", self.source.hosts, reason)
         else:
             log.info("ZooKeeper %s: %s%s", self.source.hosts, state.value,
                      f" ({reason})" if reason else "")
-        self._sink.set_state(self.source.name, state, reason)
 
     # --- hops from kazoo's threads to the loop ---------------------------------
 
@@ -416,7 +420,7 @@ class _Watcher:
             on_missing()
         else:
             on_result(value)
-        self._changed()
+        self.publisher.changed()
 
     def _on_state(self, state: str) -> None:
         if self._closed:
@@ -459,7 +463,7 @@ class _Watcher:
                 return
             if event.type == EventType.DELETED:
                 del children[child]
-                self._changed()
+                self.publisher.changed()
             elif event.type == EventType.CHANGED:
                 self._read_data(service, child)
 
@@ -543,41 +547,18 @@ class _Watcher:
 
     # --- publishing ----------------------------------------------------------------
 
-    def _changed(self) -> None:
-        """The tree changed or a read finished: schedule a publication."""
-        if self._dirty_since is None:
-            self._dirty_since = self._loop.time()
-            if self._max_delay is None:
-                self._max_delay = self._loop.call_later(MAX_DELAY, self._overdue)
-        if self._outstanding == 0:
-            if self._debounce is not None:
-                self._debounce.cancel()
-            self._debounce = self._loop.call_later(DEBOUNCE, self._settled)
-
-    def _settled(self) -> None:
-        self._debounce = None
-        if self._outstanding == 0:
-            self._publish()
-
-    def _overdue(self) -> None:
-        self._max_delay = None
-        # A partial incremental update is still a state the registry was in
-        # (plus some changes); a partial *listing* is not, so it waits.
-        if self._dirty_since is not None and not self._listing:
-            self._publish()
-
-    def _publish(self) -> None:
+    def _view(self) -> View | None:
+        """The view to publish now, or None while none may go out: without a
+        connection, after a read of this generation lost it, or while a full
+        listing is half done (a partial incremental update is still a state
+        the registry was in, plus some changes; a partial listing is not)."""
         if self._closed or not self._connected or self._failed:
-            return
-        observed_at, self._dirty_since = self._dirty_since, None
-        if self._max_delay is not None:
-            self._max_delay.cancel()
-            self._max_delay = None
-        view = self.view()
-        if view != self._published:
-            self._published = view
-            self.source.publishes_total += 1
-            self._sink.publish(self.source.name, view, observed_at)
+            return None
+        if self._listing and self._outstanding:
+            return None
+        return self.view()
+
+    def _published(self) -> None:
         if self._listing and self._outstanding == 0:
             self._listing = False
             self._set_state(SourceState.UP)
