@@ -6,6 +6,7 @@ shutdown on SIGTERM/SIGINT). The only module that knows every other one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from dnsd import logs
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import RESTART_ONLY, Config
-from dnsd.errors import DnsdError, StateFileError
+from dnsd.errors import DnsdError, ServicesFileError, StateFileError
 from dnsd.forward import Forwarder, ForwardSettings
 from dnsd.handler import Handler
 from dnsd.hostport import format_hostport
@@ -262,7 +263,7 @@ class App:
             if new != self.config:
                 self._apply(new)
         for source in self.static_sources:
-            source.reload(self)
+            source.request_reload()
 
     def _apply(self, new: Config) -> None:
         old = self.config
@@ -284,6 +285,10 @@ class App:
                 if source not in self.static_sources:
                     self.sources.append(source)
                     self.statuses[source.name] = SourceStatus()
+                    # Served as soon as the new configuration is; a bad file
+                    # is reported by the source's own task.
+                    with contextlib.suppress(ServicesFileError):
+                        self.publish(source.name, source.load())
                     self._source_tasks.append(asyncio.create_task(self._supervise(source)))
             self.static_sources = fresh
         self.answerer = Answerer(zone_settings(new))

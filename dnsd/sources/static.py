@@ -10,6 +10,7 @@ is logged once per bad version of the file. Imports: ``errors``, ``model``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 from dnsd.errors import ServicesFileError
 from dnsd.model import AddressKind, Health, Instance, Node, View, classify_address, is_hostname
 from dnsd.sources.base import Sink, SourceState
+from dnsd.sources.publisher import Publisher
 
 log = logging.getLogger("dnsd.static")
 
@@ -195,7 +197,10 @@ class StaticSource:
         self.poll_interval = settings.poll_interval
         self._stamp: tuple[int, int, int] | None = None
         self._failed_stamp: tuple[int, int, int] | None = None
+        self._failure = ""  # why the file cannot be served, while it cannot
         self.view: View | None = None
+        self._reload_wanted = asyncio.Event()
+        self._publisher: Publisher | None = None
 
     @property
     def name(self) -> str:
@@ -216,7 +221,17 @@ class StaticSource:
         self.view = view
         return view
 
-    def reload(self, sink: Sink) -> None:
+    def request_reload(self) -> None:
+        """Re-read the file soon (SIGHUP). The source's own task does it, so a
+        burst of requests makes one reload, not one each."""
+        self._reload_wanted.set()
+
+    @property
+    def publisher(self) -> Publisher:
+        assert self._publisher is not None, "not running"
+        return self._publisher
+
+    def _reload(self) -> None:
         """Re-read the file; publish it if good, else keep the last view and log why."""
         stamp = self._file_stamp()
         try:
@@ -225,26 +240,38 @@ class StaticSource:
             self._stamp = stamp
             if stamp != self._failed_stamp:
                 self._failed_stamp = stamp
+                self._failure = str(exc)
                 log.error("%s; still serving its previous version", exc)
-                sink.set_state(self.name, SourceState.STALE, str(exc))
+                self.publisher.report(SourceState.STALE, self._failure)
             return
         self._stamp = stamp
         if self._failed_stamp is not None:
             self._failed_stamp = None
-            sink.set_state(self.name, SourceState.UP)
+            self.publisher.report(SourceState.UP)
         if view != self.view:
             self.view = view
             log.info("%s: reloaded, %d services", self.path, len(view.instances))
-            sink.publish(self.name, view)
+            self.publisher.flush()
 
     async def run(self, sink: Sink) -> None:
-        if self.view is None:
-            self.reload(sink)
-        else:
-            sink.publish(self.name, self.view)
-        sink.set_state(self.name, SourceState.UP if self._failed_stamp is None
-                       else SourceState.STALE)
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            if self._file_stamp() != self._stamp:
-                self.reload(sink)
+        self._publisher = Publisher(sink, self.name, lambda: self.view, log=log)
+        try:
+            if self.view is None:
+                self._reload()
+            else:
+                self.publisher.flush()
+            if self._failed_stamp is None:
+                self.publisher.report(SourceState.UP)
+            else:
+                self.publisher.report(SourceState.STALE, self._failure)
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._reload_wanted.wait()
+                if self._reload_wanted.is_set():
+                    self._reload_wanted.clear()
+                    self._reload()
+                elif self._file_stamp() != self._stamp:
+                    self._reload()
+        finally:
+            self._publisher.close()
