@@ -14,6 +14,14 @@ watches, request completions and state listeners on its own threads: those
 callbacks do nothing but hop to the event loop with ``call_soon_threadsafe``.
 Every piece of state below lives on the loop thread, and only the loop publishes.
 
+The loop never calls kazoo itself: a kazoo request writes a byte to a
+socketpair that only kazoo's connection thread drains, and only while it is
+connected, so with ZooKeeper gone a few hundred requests fill it and the next
+one blocks its caller for good (the whole server, were that the loop). Reads
+are queued on the loop and handed to one submitting thread, at most
+``max_reads_in_flight`` at a time, and none while the connection is down: the
+socketpair never holds more than that many bytes.
+
 Sync model: the tree (services -> children -> parsed data) is kept current by
 one-shot ZooKeeper watches, each of which triggers a fresh read that sets the
 next watch. A view is published (through the shared ``Publisher``) when no
@@ -28,9 +36,11 @@ fresh view is published only once that listing is complete. Imports:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +63,7 @@ from kazoo.retry import KazooRetry
 from dnsd.model import AddressKind, Instance, View, classify_address, is_hostname, is_label
 from dnsd.sources.base import Sink, SourceState
 from dnsd.sources.publisher import Publisher
-from dnsd.sources.threads import LoopHop
+from dnsd.sources.threads import ClientThreads, LoopHop
 
 log = logging.getLogger("dnsd.zookeeper")
 
@@ -74,6 +84,9 @@ MAX_RETRY_DELAY = 2.0
 """Longest pause between reconnection attempts while ZooKeeper is down."""
 CONNECT_GRACE = 3.0
 """Seconds to wait for the first connection before reporting the source stale."""
+MAX_READS_IN_FLIGHT = 128
+"""Reads handed to kazoo and not yet answered; kazoo's wake-up socketpair holds
+a few hundred requests, so this keeps its writer from ever blocking."""
 
 _CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
@@ -248,6 +261,7 @@ class ZooKeeperSettings:
     session_timeout: float = SESSION_TIMEOUT
     max_retry_delay: float = MAX_RETRY_DELAY
     connect_grace: float = CONNECT_GRACE
+    max_reads_in_flight: int = MAX_READS_IN_FLIGHT
 
     @property
     def hosts(self) -> str:
@@ -300,19 +314,32 @@ class ZooKeeperSource:
                            max_delay=self.max_retry_delay)
         client = KazooClient(hosts=self.hosts, timeout=self.session_timeout,
                              connection_retry=retry, logger=_kazoo_log)
-        watcher = self._watcher = _Watcher(self, client, sink, loop)
+        submitter: ClientThreads[Any] = ClientThreads(lambda: client, "zookeeper-reads", 1)
+        watcher = self._watcher = _Watcher(self, client, submitter, sink, loop)
         client.add_listener(watcher.kazoo_state)
         grace = loop.call_later(self.connect_grace, watcher.connect_overdue)
         try:
             log.info("connecting to ZooKeeper %s, watching %s", self.hosts, self.base)
-            client.start_async()
+            await submitter.call(lambda c: c.start_async())
             await loop.create_future()  # runs until cancelled
         finally:
             grace.cancel()
             watcher.close()
+            submitter.close()
             self._publishes_before += watcher.publisher.publishes
             self._watcher = None
             await asyncio.shield(asyncio.to_thread(_close_client, client))
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One read of a znode, with what to do with its outcome (on the loop)."""
+
+    kind: str                  # "children", "data" or "exists"
+    path: str
+    generation: int            # the listing it belongs to
+    on_result: Callable[[Any], None]
+    on_missing: Callable[[], None]
 
 
 class _Watcher:
@@ -322,15 +349,19 @@ class _Watcher:
     the read completions, which only hop to the loop.
     """
 
-    def __init__(self, source: ZooKeeperSource, client: Any, sink: Sink,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, source: ZooKeeperSource, client: Any, submitter: ClientThreads[Any],
+                 sink: Sink, loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
         self._client = client
+        self._submitter = submitter
         self._loop = loop
         self.base = source.base
         self._services: dict[str, dict[str, Parsed | None]] = {}  # None: data being read
         self._generation = 0
-        self._outstanding = 0            # reads of the current generation in flight
+        self._outstanding = 0            # reads of the current generation not yet done
+        self._queue: deque[_Read] = deque()  # reads waiting for a slot (and a connection)
+        self._in_flight = 0              # reads handed to kazoo, of any generation
+        self._max_in_flight = max(1, source.settings.max_reads_in_flight)
         self._connected = False
         self._listing = False            # a full listing is in progress
         self._failed = False             # a read of this generation lost the connection
@@ -376,39 +407,61 @@ class _Watcher:
 
     def _read(self, kind: str, path: str, on_result: Callable[[Any], None],
               on_missing: Callable[[], None]) -> None:
-        """Start an async read with a watch; its outcome comes back on the loop."""
-        client = self._client
-        generation = self._generation
+        """Queue a read with a watch; its outcome comes back on the loop."""
         self._outstanding += 1
-        try:
-            if kind == "children":
-                result = client.get_children_async(path, watch=self._kazoo_watch)
-            elif kind == "data":
-                result = client.get_async(path, watch=self._kazoo_watch)
-            else:
-                result = client.exists_async(path, watch=self._kazoo_watch)
-        except Exception as exc:  # e.g. the client closing under us
-            self._done(generation, exc, on_result, on_missing)
+        self._queue.append(_Read(kind, path, self._generation, on_result, on_missing))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand queued reads to the submitting thread, within the in-flight
+        bound, and none while disconnected (reconnecting relists anyway)."""
+        if not self._connected or self._closed or not self._queue:
             return
+        batch: list[_Read] = []
+        while self._queue and self._in_flight < self._max_in_flight:
+            batch.append(self._queue.popleft())
+            self._in_flight += 1
+        if batch:
+            self._submitter.submit(lambda client: self._submit(client, batch))
 
-        def completed(async_result: Any) -> None:  # on kazoo's callback thread
+    def _submit(self, client: Any, batch: list[_Read]) -> None:
+        """On the submitting thread: start each read; never on the loop."""
+        for read in batch:
+            if not client.connected:
+                # Lost since the loop looked: kazoo would queue the request and
+                # write its wake-up byte to a socketpair nobody drains.
+                self._hop(self._done, read, ConnectionLoss())
+                continue
             try:
-                value: Any = async_result.get_nowait()
-            except Exception as exc:  # carried to the loop and sorted there
-                value = exc
-            self._hop(self._done, generation, value, on_result, on_missing)
+                if read.kind == "children":
+                    result = client.get_children_async(read.path, watch=self._kazoo_watch)
+                elif read.kind == "data":
+                    result = client.get_async(read.path, watch=self._kazoo_watch)
+                else:
+                    result = client.exists_async(read.path, watch=self._kazoo_watch)
+            except Exception as exc:  # e.g. the client closing under us
+                self._hop(self._done, read, exc)
+                continue
+            result.rawlink(functools.partial(self._completed, read))
 
-        result.rawlink(completed)
+    def _completed(self, read: _Read, async_result: Any) -> None:
+        # On kazoo's callback thread.
+        try:
+            value: Any = async_result.get_nowait()
+        except Exception as exc:  # carried to the loop and sorted there
+            value = exc
+        self._hop(self._done, read, value)
 
     # --- the loop side -----------------------------------------------------------
 
-    def _done(self, generation: int, value: Any, on_result: Callable[[Any], None],
-              on_missing: Callable[[], None]) -> None:
-        if generation != self._generation or self._closed:
+    def _done(self, read: _Read, value: Any) -> None:
+        self._in_flight -= 1
+        if read.generation != self._generation or self._closed:
+            self._pump()
             return  # a reply from before the last reconnection: that listing redoes it
         self._outstanding -= 1
         if isinstance(value, NoNodeError):
-            on_missing()
+            read.on_missing()
         elif isinstance(value, _CONNECTION_ERRORS):
             # The state listener reports the loss and the reconnection
             # relists everything; this generation's view must not be published.
@@ -417,9 +470,10 @@ class _Watcher:
             # e.g. NoAuth on one znode: treat it as absent rather than stall.
             level = logging.WARNING if isinstance(value, KazooException) else logging.ERROR
             log.log(level, "ZooKeeper read failed: %r; treating the node as absent", value)
-            on_missing()
+            read.on_missing()
         else:
-            on_result(value)
+            read.on_result(value)
+        self._pump()
         self.publisher.changed()
 
     def _on_state(self, state: str) -> None:
@@ -430,15 +484,18 @@ class _Watcher:
             self._relist()
         elif state == KazooState.SUSPENDED:
             self._connected = False
+            self._queue.clear()  # relisted on reconnection
             self._set_state(SourceState.STALE, "connection to ZooKeeper lost")
         elif state == KazooState.LOST:
             self._connected = False
+            self._queue.clear()
             self._set_state(SourceState.STALE, "ZooKeeper session expired")
 
     def _relist(self) -> None:
         """List the whole tree again under a new generation (watches may be gone)."""
         self._generation += 1
         self._outstanding = 0
+        self._queue.clear()
         self._failed = False
         self._listing = True
         self.source.resyncs_total += 1
