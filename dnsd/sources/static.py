@@ -49,6 +49,8 @@ def _read(path: str) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError is a ValueError
         kind = "JSON" if path.endswith(".json") else "TOML"
         raise ServicesFileError(path, f"not valid {kind}: {exc}") from None
+    except RecursionError:  # both parsers recurse once per level of nesting
+        raise ServicesFileError(path, "nested too deeply") from None
     if not isinstance(loaded, dict):
         raise ServicesFileError(path, "must be a table with a 'services' list")
     return loaded

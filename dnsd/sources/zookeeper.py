@@ -84,6 +84,9 @@ MAX_RETRY_DELAY = 2.0
 """Longest pause between reconnection attempts while ZooKeeper is down."""
 CONNECT_GRACE = 3.0
 """Seconds to wait for the first connection before reporting the source stale."""
+MAX_DATA_BYTES = 64 * 1024
+"""Instance data larger than this is not parsed (registrator writes a few hundred
+bytes); the child's name serves instead."""
 MAX_READS_IN_FLIGHT = 128
 """Reads handed to kazoo and not yet answered; kazoo's wake-up socketpair holds
 a few hundred requests, so this keeps its writer from ever blocking."""
@@ -176,9 +179,13 @@ def parse_instance(service: str, child: str, data: bytes, datacenter: str) -> Pa
         return Parsed(None, f"service name {service!r} is not a valid DNS label")
     problems: list[str] = []
     body: dict[str, Any] = {}
-    if data.strip():
+    if len(data) > MAX_DATA_BYTES:
+        problems.append(f"data is {len(data)} bytes, more than {MAX_DATA_BYTES}")
+    elif data.strip():
         try:
             loaded = json.loads(data)
+        except RecursionError:
+            problems.append("data is JSON nested too deeply")
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(f"data is not JSON ({exc})")
         else:
@@ -460,19 +467,24 @@ class _Watcher:
             self._pump()
             return  # a reply from before the last reconnection: that listing redoes it
         self._outstanding -= 1
-        if isinstance(value, NoNodeError):
-            read.on_missing()
-        elif isinstance(value, _CONNECTION_ERRORS):
-            # The state listener reports the loss and the reconnection
-            # relists everything; this generation's view must not be published.
-            self._failed = True
-        elif isinstance(value, BaseException):
-            # e.g. NoAuth on one znode: treat it as absent rather than stall.
-            level = logging.WARNING if isinstance(value, KazooException) else logging.ERROR
-            log.log(level, "ZooKeeper read failed: %r; treating the node as absent", value)
-            read.on_missing()
-        else:
-            read.on_result(value)
+        try:
+            if isinstance(value, NoNodeError):
+                read.on_missing()
+            elif isinstance(value, _CONNECTION_ERRORS):
+                # The state listener reports the loss and the reconnection
+                # relists everything; this generation's view must not be published.
+                self._failed = True
+            elif isinstance(value, BaseException):
+                # e.g. NoAuth on one znode: treat it as absent rather than stall.
+                level = logging.WARNING if isinstance(value, KazooException) else logging.ERROR
+                log.log(level, "ZooKeeper read failed: %r; treating the node as absent", value)
+                read.on_missing()
+            else:
+                read.on_result(value)
+        except Exception:
+            # One node dnsd cannot digest must not stop the others from being
+            # published: it is left out, and the rest goes on.
+            log.exception("ZooKeeper: cannot use %s; leaving it out", read.path)
         self._pump()
         self.publisher.changed()
 

@@ -166,6 +166,25 @@ async def test_malformed_data_and_odd_names(registrator: Registrator,
         assert source.skipped_total == 2
 
 
+async def test_hostile_data_never_stops_the_view(registrator: Registrator,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Data nested deeper than any parser's stack, or far larger than any
+    registrator writes: that instance falls back to its name, and the rest of
+    the tree is published as usual."""
+    reg = registrator
+    reg.register("web", "10.0.11.1", 80)
+    reg.create("web", "10.0.11.2:80", b"[" * 50_000)
+    reg.create("web", "10.0.11.3:80", b'{"Attrs": {"k": "' + b"x" * 500_000 + b'"}}')
+    caplog.set_level(logging.WARNING, "dnsd.zookeeper")
+    async with running(reg.hosts, reg.base) as (source, sink):
+        await up(sink)
+        assert sink.endpoints("web") == {("10.0.11.1", 80), ("10.0.11.2", 80),
+                                         ("10.0.11.3", 80)}
+        assert source.ignored_total == 2
+        reg.register("web", "10.0.11.4", 80)  # and the watches still work
+        await wait_until(lambda: ("10.0.11.4", 80) in sink.endpoints("web"))
+
+
 async def test_data_change_is_picked_up(registrator: Registrator) -> None:
     reg = registrator
     path = reg.register("web", "10.0.4.1", 80, tags=["blue"])

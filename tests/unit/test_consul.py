@@ -15,6 +15,7 @@ from dnsd.sources.consul.parse import (
     parse_checks,
     parse_nodes,
     parse_service_list,
+    service_read,
 )
 from dnsd.sources.consul.watch import next_index, parse_index, plan_watches, slot_wait
 
@@ -177,3 +178,18 @@ def test_plan_watches_promotion_displaces_the_coldest() -> None:
     assert (start, stop) == (set(), set())
     # Already watched: nothing to do.
     assert plan_watches({"c", "a"}, "abcd", 2, rank, promote=["c"]) == (set(), set())  # type: ignore[arg-type]
+
+
+def test_service_read_leaves_out_only_the_entries_it_cannot_map() -> None:
+    deep: object = "bottom"
+    for _ in range(20_000):  # deeper than any repr() can go
+        deep = [deep]
+    read = service_read("web", 7, [entry(), entry(ID="web-2", Meta={"k": deep}),
+                                   entry(ID="web-3", Port="80")], "dc1")
+    assert [i.id for i in read.instances] == ["web-1"] and read.index == 7
+    assert len(read.problems) == 2 and "RecursionError" in read.problems[0]
+
+
+def test_service_list_tolerates_tags_of_the_wrong_shape() -> None:
+    assert parse_service_list({"web": {"a": 1}, "db": 5, "api": ["x"]}) == {
+        "web": frozenset(), "db": frozenset(), "api": frozenset({"x"})}

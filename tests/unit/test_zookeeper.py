@@ -188,3 +188,16 @@ def test_parse_never_raises(service: str, child: str, data: bytes) -> None:
 def test_parse_any_json_shape(fields: dict[str, object]) -> None:
     parsed = parse_instance("web", "10.0.0.5:8080", json.dumps(fields).encode(), "dc1")
     assert parsed.instance is not None  # the name always rescues it
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"[" * 50_000, "nested too deeply"),
+    (b'{"Tags": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
+    (b'{"IP": "10.0.0.7", "PublicPort": 9000, "Attrs": {"k": "' + b"x" * 70_000 + b'"}}',
+     "more than"),
+])
+def test_hostile_data_falls_back_to_the_name(data: bytes, problem: str) -> None:
+    parsed = parse_instance("web", "10.0.0.5:8080", data, "dc1")
+    assert parsed.instance is not None
+    assert (parsed.instance.address, parsed.instance.port) == ("10.0.0.5", 8080)
+    assert problem in parsed.problem

@@ -41,9 +41,10 @@ Job = Callable[[Client], T]
 
 ERRORS: tuple[type[BaseException], ...] = (
     consul.base.ConsulException, requests.exceptions.RequestException,
-    ValueError, KeyError, TypeError)
+    ValueError, KeyError, TypeError, RecursionError)
 """What a request (and decoding its reply) may raise when Consul is unreachable,
-refuses, or answers with something that is not what the API promises."""
+refuses, or answers with something that is not what the API promises (JSON
+nested deeper than the decoder's stack is a RecursionError)."""
 
 
 @dataclass(frozen=True, slots=True)

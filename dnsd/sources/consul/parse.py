@@ -103,14 +103,17 @@ def service_read(name: str, index: int, entries: object, datacenter: str) -> Ser
             instances.append(instance_from_entry(entry, datacenter))
         except ValueError as exc:
             problems.append(str(exc))
+        except Exception as exc:  # RecursionError from a meta value nested too deep...
+            # ...or anything else one entry can do: it alone is left out.
+            problems.append(f"cannot be read ({type(exc).__name__})")
     return ServiceRead(index, tuple(instances), tuple(problems))
 
 
 def parse_service_list(data: object) -> Tags:
     if not isinstance(data, Mapping):
         raise ConsulUnavailable("catalog/services reply is not an object")
-    return {str(k): frozenset(t for t in (v or []) if isinstance(t, str))
-            for k, v in data.items()}
+    return {str(k): frozenset(t for t in v if isinstance(t, str)) if isinstance(v, list)
+            else frozenset() for k, v in data.items()}
 
 
 def parse_nodes(data: object) -> Nodes:
