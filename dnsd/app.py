@@ -28,6 +28,7 @@ from dnsd.ratelimit import RateLimiter
 from dnsd.server import Tasks, TcpLimits, connection_cap
 from dnsd.signals import STOP as STOP_SIGNALS
 from dnsd.signals import PendingSignals
+from dnsd.sources.backoff import Backoff
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.registry import build_sources, datacenter_fixed, static_settings
 from dnsd.sources.static import StaticSource
@@ -56,6 +57,8 @@ class App:
     worker: int = 0  # index among --workers processes; worker 0 serves --metrics
     # Re-reads flags, environment and config file on SIGHUP (None: static files only).
     reload_config: Callable[[], Config] | None = None
+    # How long a crashed source waits before it runs again (grows while it keeps crashing).
+    restart_backoff: Callable[[], Backoff] = lambda: Backoff(SOURCE_RESTART_DELAY, 60.0)
     table: Table = field(init=False)
     statuses: dict[str, SourceStatus] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
@@ -209,17 +212,31 @@ class App:
             self._source_tasks.append(asyncio.create_task(self._supervise(source)))
 
     async def _supervise(self, source: Source) -> None:
-        """Run a source forever; a source that crashes is logged and restarted."""
+        """Run a source forever; a source that crashes is logged and restarted,
+        later each time while it keeps crashing (its traceback logged once)."""
+        backoff = self.restart_backoff()
+        loop = asyncio.get_running_loop()
+        last = ""
         while True:
+            started = loop.time()
             try:
                 await source.run(self)
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("source %s failed; restarting it", source.name)
+            except Exception as exc:
+                if loop.time() - started > backoff.cap:
+                    backoff.reset()  # it ran well for a while: this is a new failure
+                delay = backoff.next()
+                if repr(exc) == last:
+                    log.error("source %s failed again (%r); restarting it in %.2f s",
+                              source.name, exc, delay)
+                else:
+                    log.exception("source %s failed; restarting it in %.2f s",
+                                  source.name, delay)
+                last = repr(exc)
                 self.set_state(source.name, SourceState.STALE, "internal error")
-                await asyncio.sleep(SOURCE_RESTART_DELAY)
+                await asyncio.sleep(delay)
 
     async def _bind_all(self) -> None:
         """Bind every DNS address, then the metrics one; raise ListenError if one fails."""
