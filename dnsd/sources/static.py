@@ -198,8 +198,8 @@ class StaticSource:
         self.datacenter = settings.datacenter
         self.poll_interval = settings.poll_interval
         self._stamp: tuple[int, int, int] | None = None
-        self._failed_stamp: tuple[int, int, int] | None = None
-        self._failure = ""  # why the file cannot be served, while it cannot
+        self._failure: str | None = None  # why the file cannot be served, while it cannot
+        self._failed_version: tuple[int, int, int] | None = None  # ...and which version
         self.view: View | None = None
         self._reload_wanted = asyncio.Event()
         self._publisher: Publisher | None = None
@@ -236,24 +236,35 @@ class StaticSource:
     def _reload(self) -> None:
         """Re-read the file; publish it if good, else keep the last view and log why."""
         stamp = self._file_stamp()
+        self._stamp = stamp
         try:
             view = load_services_file(self.path, self.node_name, self.datacenter)
         except ServicesFileError as exc:
-            self._stamp = stamp
-            if stamp != self._failed_stamp:
-                self._failed_stamp = stamp
-                self._failure = str(exc)
-                log.error("%s; still serving its previous version", exc)
-                self.publisher.report(SourceState.STALE, self._failure)
+            self._failed(stamp, str(exc))
             return
-        self._stamp = stamp
-        if self._failed_stamp is not None:
-            self._failed_stamp = None
-            self.publisher.report(SourceState.UP)
         if view != self.view:
             self.view = view
             log.info("%s: reloaded, %d services", self.path, len(view.instances))
             self.publisher.flush()
+        self._recovered(len(view.instances))
+
+    def _failed(self, version: tuple[int, int, int] | None, reason: str) -> None:
+        """The file cannot be served: say so once per bad version (a deleted or
+        dangling file is one version: it is logged once, however long it lasts)."""
+        if (version, reason) == (self._failed_version, self._failure):
+            return
+        self._failed_version, self._failure = version, reason
+        log.error("%s; still serving its previous version", reason)
+        self.publisher.report(SourceState.STALE, reason)
+
+    def _recovered(self, services: int) -> None:
+        if self._failure is None:
+            return
+        unreadable = self._failed_version is None
+        self._failure = self._failed_version = None
+        log.info("%s: %s; serving it, %d services", self.path,
+                 "readable again" if unreadable else "fixed", services)
+        self.publisher.report(SourceState.UP)
 
     async def run(self, sink: Sink) -> None:
         self._publisher = Publisher(sink, self.name, lambda: self.view, log=log)
@@ -262,7 +273,7 @@ class StaticSource:
                 self._reload()
             else:
                 self.publisher.flush()
-            if self._failed_stamp is None:
+            if self._failure is None:
                 self.publisher.report(SourceState.UP)
             else:
                 self.publisher.report(SourceState.STALE, self._failure)
