@@ -116,9 +116,10 @@ class Publisher:
         if self._dirty:
             self.flush()
 
-    def flush(self) -> bool:
+    def flush(self, changed: bool = False) -> bool:
         """Build and publish now (if the view changed); False if ``build``
-        said no view may go out yet."""
+        said no view may go out yet. ``changed``: the caller knows the view
+        differs from the last one, which spares comparing a large view again."""
         if self._closed:
             return False
         view = self._build()
@@ -130,7 +131,7 @@ class Publisher:
         self._soon = self._overdue = None
         self._dirty = False
         observed_at, self._observed_at = self._observed_at, None
-        if view != self._last:
+        if changed or view != self._last:
             self._last = view
             self.publishes += 1
             self._sink.publish(self._name, view, observed_at)

@@ -158,3 +158,10 @@ async def test_warnings_are_logged_once_per_problem(caplog: pytest.LogCaptureFix
     assert [r.getMessage() for r in caplog.records] == ["skipping web-1: bad port"]
     assert pub.forget(("web", "bad port")) and not pub.forget(("web", "bad port"))
     assert pub.warn_once(("web", "bad port"), "again")
+
+
+async def test_flush_changed_spares_the_comparison() -> None:
+    sink, reg = RecordingSink(), Registry()
+    pub = Publisher(sink, "src", reg.build, log=log)
+    assert pub.flush() and pub.flush(changed=True)  # the caller vouches it differs
+    assert len(sink.views) == 2
