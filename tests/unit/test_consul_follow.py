@@ -11,7 +11,15 @@ import pytest
 
 from dnsd.model import Instance
 from dnsd.sources.consul.follow import DcState, Follower
-from dnsd.sources.consul.parse import Checks, ConsulUnavailable, Nodes, ServiceRead, Tags
+from dnsd.sources.consul.parse import (
+    Checks,
+    ConsulUnavailable,
+    NodeList,
+    Nodes,
+    ServiceRead,
+    Tags,
+    node_list,
+)
 from dnsd.sources.consul.watch import Apply
 
 
@@ -51,7 +59,7 @@ class FakeReads:
     async def watch_services(self, index: int, apply: Apply[Tags]) -> None:
         await self._hang()
 
-    async def watch_nodes(self, index: int, apply: Apply[Nodes]) -> None:
+    async def watch_nodes(self, index: int, apply: Apply[NodeList]) -> None:
         await self._hang()
 
     async def watch_checks(self, index: int, apply: Apply[Checks]) -> None:
@@ -109,9 +117,12 @@ async def test_an_unexplained_catalog_move_asks_for_a_sweep() -> None:
 
 async def test_a_moved_node_rereads_its_services_and_publishes_the_node() -> None:
     h = Harness({"web": (inst("web", "node1"),), "db": (inst("db", "node2"),)})
-    h.follower.on_nodes(11, {"node1": "10.0.0.99", "node2": "10.0.0.2"}, reset=False)
+    moved = node_list([{"Node": "node1", "Address": "10.0.0.99"},
+                       {"Node": "node2", "Address": "10.0.0.2"}], "dc1")
+    h.follower.on_nodes(11, moved, reset=False)
     assert h.follower.pending == {"web"} and h.published == 1
-    h.follower.on_nodes(12, {"node1": "10.0.0.99", "node2": "10.0.0.2"}, reset=False)
+    assert [n.address for n in h.state.node_values] == ["10.0.0.99", "10.0.0.2"]
+    h.follower.on_nodes(12, moved, reset=False)
     assert h.published == 1  # nothing moved: nothing to publish
 
 

@@ -24,11 +24,11 @@ import requests
 from dnsd.sources.consul.parse import (
     Checks,
     ConsulUnavailable,
-    Nodes,
+    NodeList,
     ServiceRead,
     Tags,
+    node_list,
     parse_checks,
-    parse_nodes,
     parse_service_list,
     service_read,
 )
@@ -38,6 +38,13 @@ T = TypeVar("T")
 
 Client = Any  # consul.Consul: python-consul2 ships no type hints
 Job = Callable[[Client], T]
+
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+"""The largest reply read from Consul. Far above a big catalog (a node list is
+a few hundred bytes a node), it stops a runaway or hostile reply from taking
+the process's memory; a reply past it fails the read like an outage."""
+
+_CHUNK = 1024 * 1024
 
 ERRORS: tuple[type[BaseException], ...] = (
     consul.base.ConsulException, requests.exceptions.RequestException,
@@ -56,19 +63,63 @@ class Endpoint:
     port: int
     verify: bool | str  # a CA bundle's path, or True for the system's
     token: str | None
+    max_reply_bytes: int = MAX_REPLY_BYTES
 
     @classmethod
-    def from_url(cls, url: str, token: str | None = None, ca: str | None = None) -> Endpoint:
+    def from_url(cls, url: str, token: str | None = None, ca: str | None = None,
+                 max_reply_bytes: int = MAX_REPLY_BYTES) -> Endpoint:
         parsed = urlparse(url)
         scheme = parsed.scheme or "http"
         return cls(scheme=scheme, host=parsed.hostname or "127.0.0.1",
                    port=parsed.port or (443 if scheme == "https" else 8500),
-                   verify=ca or True, token=token or None)
+                   verify=ca or True, token=token or None, max_reply_bytes=max_reply_bytes)
+
+
+class ReplyTooLarge(ConsulUnavailable):
+    """A reply longer than the bound; the message names the endpoint and the bound."""
+
+
+class _BoundedHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
+    """python-consul2's HTTP client, reading each reply up to a bound.
+
+    Its own client reads the whole body, then keeps it twice (bytes and text).
+    This one streams it, stops at ``max_bytes``, and hands a 200 reply's body
+    to the JSON decoder as bytes, so only one copy is ever held.
+    """
+
+    def __init__(self, *args: Any, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_bytes = max_bytes
+
+    def get(self, callback: Callable[[Any], T], path: str,
+            params: Any = None, headers: Any = None) -> T:
+        uri = self.uri(path, params)
+        with self.session.get(uri, headers=headers, verify=self.verify, cert=self.cert,
+                              timeout=self.timeout, stream=True) as response:
+            body = self._read(response, path)
+            code, reply_headers = response.status_code, response.headers
+        # The JSON decoder takes the bytes as they are: no text copy of a big reply.
+        text: bytearray | str = body if code == 200 else body.decode("utf-8", "replace")
+        return callback(consul.base.Response(code, reply_headers, text, body))
+
+    def _read(self, response: requests.Response, path: str) -> bytearray:
+        limit = self.max_bytes
+        too_large = ReplyTooLarge(f"{path}: reply larger than {limit:,} bytes "
+                                  "(the bound on Consul replies)")
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        for chunk in response.iter_content(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return body
 
 
 def connect(endpoint: Endpoint, timeout: float) -> Client:
     """A python-consul2 client whose requests give up after ``timeout`` seconds
-    without a byte."""
+    without a byte, and whose replies are read up to ``endpoint.max_reply_bytes``."""
     with warnings.catch_warnings():
         # python-consul2 warns about legacy APIs whenever a client is built,
         # whichever endpoints are used; dnsd uses none of them.
@@ -78,8 +129,9 @@ def connect(endpoint: Endpoint, timeout: float) -> Client:
     # python-consul2 lets CONSUL_HTTP_ADDR and CONSUL_HTTP_TOKEN override its
     # arguments; dnsd's own precedence (flag > env) was applied in config, so
     # rebuild the connection and the token from what dnsd decided.
-    client.http = client.http_connect(endpoint.host, endpoint.port, endpoint.scheme,
-                                      endpoint.verify, None, timeout)
+    client.http = _BoundedHTTPClient(endpoint.host, endpoint.port, endpoint.scheme,
+                                     endpoint.verify, None, timeout,
+                                     max_bytes=endpoint.max_reply_bytes)
     client.token = endpoint.token
     client.dc = None
     return client
@@ -129,9 +181,10 @@ def catalog_services(dc: str | None) -> Query[Tags]:
                  lambda _, data: parse_service_list(data))
 
 
-def catalog_nodes(dc: str | None) -> Query[Nodes]:
+def catalog_nodes(dc: str | None, dc_name: str) -> Query[NodeList]:
+    """``/v1/catalog/nodes`` of datacenter ``dc``, its nodes put in ``dc_name``."""
     return Query(lambda c, i, w: c.catalog.nodes(index=i, wait=w, dc=dc),
-                 lambda _, data: parse_nodes(data))
+                 lambda _, data: node_list(data, dc_name))
 
 
 def health_checks(dc: str | None) -> Query[Checks]:

@@ -17,9 +17,10 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dnsd.model import Instance
+from dnsd.model import Instance, Node
 from dnsd.sources.consul.parse import (
     Checks,
+    NodeList,
     Nodes,
     ServiceRead,
     Tags,
@@ -42,6 +43,7 @@ class DcState:
     checks_index: int = 0
     tags: Tags = field(default_factory=dict)
     nodes: Nodes = field(default_factory=dict)
+    node_values: tuple[Node, ...] = ()  # the nodes as published
     checks: Checks = field(default_factory=dict)
     instances: dict[str, tuple[Instance, ...]] = field(default_factory=dict)
     indexes: dict[str, int] = field(default_factory=dict)  # per service, of the read kept
@@ -87,7 +89,7 @@ class Reads(Protocol):
     async def watch_services(self, index: int, apply: Apply[Tags]) -> None:
         """Follow ``/v1/catalog/services`` until cancelled."""
 
-    async def watch_nodes(self, index: int, apply: Apply[Nodes]) -> None:
+    async def watch_nodes(self, index: int, apply: Apply[NodeList]) -> None:
         """Follow ``/v1/catalog/nodes`` until cancelled."""
 
     async def watch_checks(self, index: int, apply: Apply[Checks]) -> None:
@@ -137,14 +139,15 @@ class Follower:
             # long-poll sees it; the unwatched ones must be re-read.
             self.sweep_wanted.set()
 
-    def on_nodes(self, index: int, nodes: Nodes, reset: bool) -> None:
+    def on_nodes(self, index: int, listing: NodeList, reset: bool) -> None:
         """``/v1/catalog/nodes`` moved: re-read the services on nodes whose
         address changed (the nodes themselves are published too)."""
         self._forget_indexes(reset)
         state = self.state
+        nodes = listing.addresses
         moved = {n for n in state.nodes.keys() | nodes.keys()
                  if state.nodes.get(n) != nodes.get(n)}
-        state.nodes = nodes
+        state.nodes, state.node_values = nodes, listing.nodes
         self.want(state.services_on(moved))
         if moved:
             self.changed()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dnsd.model import Health, Instance
+from dnsd.model import Health, Instance, Node
 
 Tags = dict[str, frozenset[str]]
 """``/v1/catalog/services``: service name -> its tag set."""
@@ -121,6 +121,28 @@ def parse_nodes(data: object) -> Nodes:
         raise ConsulUnavailable("catalog/nodes reply is not a list")
     return {_str(n.get("Node")): _str(n.get("Address")) for n in data
             if isinstance(n, Mapping) and _str(n.get("Node"))}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeList:
+    """One ``/v1/catalog/nodes`` reply, mapped."""
+
+    addresses: Nodes            # every named node -> its address, for the diffs
+    nodes: tuple[Node, ...]     # the nodes dnsd can serve, in name order
+    problems: tuple[tuple[str, str], ...] = ()  # (node, why it cannot be served)
+
+
+def node_list(data: object, datacenter: str) -> NodeList:
+    """A whole ``/v1/catalog/nodes`` reply, its nodes put in ``datacenter``."""
+    addresses = parse_nodes(data)
+    nodes: list[Node] = []
+    problems: list[tuple[str, str]] = []
+    for name, address in sorted(addresses.items()):
+        try:
+            nodes.append(Node(name, datacenter, address))
+        except ValueError as exc:
+            problems.append((name, str(exc)))
+    return NodeList(addresses, tuple(nodes), tuple(problems))
 
 
 def parse_checks(data: object) -> Checks:

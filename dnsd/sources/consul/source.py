@@ -25,7 +25,7 @@ from dnsd.sources.base import Sink, SourceState
 from dnsd.sources.consul import client as consul_client
 from dnsd.sources.consul.client import Client, Endpoint, Query
 from dnsd.sources.consul.follow import DcState, Follower
-from dnsd.sources.consul.parse import Checks, ConsulUnavailable, Nodes, ServiceRead, Tags
+from dnsd.sources.consul.parse import Checks, ConsulUnavailable, NodeList, ServiceRead, Tags
 from dnsd.sources.consul.watch import Apply, follow
 from dnsd.sources.publisher import Publisher
 from dnsd.sources.threads import ClientThreads
@@ -55,6 +55,7 @@ class ConsulSettings:
     watch_limit: int = WATCH_LIMIT
     backoff_base: float = 0.25
     backoff_cap: float = 30.0
+    max_reply_bytes: int = consul_client.MAX_REPLY_BYTES
 
 
 @dataclass
@@ -77,7 +78,8 @@ class ConsulSource:
     def __init__(self, settings: ConsulSettings, *, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.url = settings.url
-        self.endpoint = Endpoint.from_url(settings.url, settings.token, settings.ca)
+        self.endpoint = Endpoint.from_url(settings.url, settings.token, settings.ca,
+                                          settings.max_reply_bytes)
         self.wait = settings.wait
         self.fetch_concurrency = max(1, settings.fetch_concurrency)
         self.watch_limit = max(0, settings.watch_limit)
@@ -117,6 +119,9 @@ class ConsulSource:
         self._counters["requests"] += 1
         try:
             return await threads.call(fn)
+        except ConsulUnavailable:
+            self._counters["errors"] += 1
+            raise
         except consul_client.ERRORS as exc:
             self._counters["errors"] += 1
             raise ConsulUnavailable(consul_client.describe(exc)) from None
@@ -197,9 +202,11 @@ class ConsulSource:
             self._agent_dc = await self.call(pools.fetch, consul_client.agent_datacenter)
         fresh = DcState(slot=slot, name=slot or (self._agent_dc or ""))
         reads = DcReads(self, fresh, pools)
-        (fresh.services_index, fresh.tags), (fresh.nodes_index, fresh.nodes), \
+        (fresh.services_index, fresh.tags), (fresh.nodes_index, nodes), \
             (fresh.checks_index, fresh.checks) = await asyncio.gather(
                 reads.once(reads.services), reads.once(reads.nodes), reads.once(reads.checks))
+        fresh.nodes, fresh.node_values = nodes.addresses, nodes.nodes
+        self.warn_nodes(fresh.name, nodes)
         for name, read in (await reads.fetch(set(fresh.tags))).items():
             fresh.store(name, read.index, read.instances)
         fresh.synced = True
@@ -218,16 +225,16 @@ class ConsulSource:
                 continue
             for name in sorted(dc.instances):
                 instances.extend(dc.instances[name])
-            for node_name, address in sorted(dc.nodes.items()):
-                try:
-                    nodes.append(Node(node_name, dc.name, address))
-                except ValueError as exc:
-                    self.publisher.warn_once(
-                        (dc.name, f"node:{node_name}"),
-                        "consul %s: skipping node %r in %s: %s", self.url, node_name,
-                        dc.name, exc)
+            nodes.extend(dc.node_values)
         local = self._agent_dc if self.settings.agent_names_local else None
         return View(tuple(instances), tuple(nodes), local)
+
+    def warn_nodes(self, dc: str, listing: NodeList) -> None:
+        """Log each node dnsd cannot serve, once per problem."""
+        for node_name, problem in listing.problems:
+            self.publisher.warn_once((dc, f"node:{node_name}"),
+                                     "consul %s: skipping node %r in %s: %s", self.url,
+                                     node_name, dc, problem)
 
     def warn_skipped(self, dc: str, name: str, read: ServiceRead) -> None:
         """Log each entry of a service dnsd cannot serve, once per problem."""
@@ -248,7 +255,7 @@ class DcReads:
         self.pools = pools
         dc = state.slot or None  # None: the agent's own datacenter
         self.services = consul_client.catalog_services(dc)
-        self.nodes = consul_client.catalog_nodes(dc)
+        self.nodes = consul_client.catalog_nodes(dc, state.name)
         self.checks = consul_client.health_checks(dc)
 
     def _service(self, name: str) -> Query[ServiceRead]:
@@ -298,8 +305,12 @@ class DcReads:
     async def watch_services(self, index: int, apply: Apply[Tags]) -> None:
         await self._follow(self.pools.catalog, self.services, index, apply)
 
-    async def watch_nodes(self, index: int, apply: Apply[Nodes]) -> None:
-        await self._follow(self.pools.catalog, self.nodes, index, apply)
+    async def watch_nodes(self, index: int, apply: Apply[NodeList]) -> None:
+        def landed(i: int, listing: NodeList, reset: bool) -> None:
+            self.source.warn_nodes(self.state.name, listing)
+            apply(i, listing, reset)
+
+        await self._follow(self.pools.catalog, self.nodes, index, landed)
 
     async def watch_checks(self, index: int, apply: Apply[Checks]) -> None:
         await self._follow(self.pools.catalog, self.checks, index, apply)
