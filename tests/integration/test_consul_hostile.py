@@ -96,3 +96,21 @@ async def test_a_reply_past_the_bound_is_an_outage_logged_once(
         consul.set("/v1/health/service/web", json.dumps([entry("web", "10.0.0.7")]).encode())
         await wait_for(lambda: sink.state is SourceState.UP, what="UP")
         assert len(sink.instances("web")) == 1
+
+
+async def test_a_trickling_consul_is_worth_a_warning(consul: ScriptedConsul,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """One byte at a time never trips a read timeout: the sync just lasts. It
+    is reported once while it lasts, and its end too."""
+    caplog.set_level(logging.INFO, "dnsd.consul")
+    body = consul.replies["/v1/agent/self"].body
+    consul.set("/v1/agent/self", body, trickle=2.0 / len(body))  # about 2 s
+    async with running(consul, slow_sync=0.3) as (task, sink):
+        await wait_for(lambda: any("sync not done after" in r.getMessage()
+                                   for r in caplog.records) or task.done(), what="warning")
+        assert sink.state is SourceState.SYNCING and not task.done()
+        await wait_for(lambda: sink.state is SourceState.UP, what="UP")
+        assert len([r for r in caplog.records if "sync not done" in r.getMessage()]) == 1
+        assert [r.levelno for r in caplog.records if "sync not done" in r.getMessage()] == [
+            logging.WARNING]
+        assert any("synced after" in r.getMessage() for r in caplog.records)

@@ -38,6 +38,7 @@ DEFAULT_WAIT = 300.0        # seconds a blocking query may hang (Consul's defaul
 FETCH_TIMEOUT = 10.0        # seconds for a non-blocking request
 FETCH_CONCURRENCY = 8       # service reads in flight per datacenter (and as many for sweeps)
 WATCH_LIMIT = 256           # services per datacenter followed by their own long-poll
+SLOW_SYNC = 10.0            # seconds after which a sync still under way is worth a warning
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class ConsulSettings:
     backoff_base: float = 0.25
     backoff_cap: float = 30.0
     max_reply_bytes: int = consul_client.MAX_REPLY_BYTES
+    slow_sync: float = SLOW_SYNC
 
 
 @dataclass
@@ -180,8 +182,17 @@ class ConsulSource:
             services=self._threads(0, poll_timeout, "service", 2 * self.watch_limit),
             fetch=self._threads(self.fetch_concurrency, FETCH_TIMEOUT, "fetch"),
             sweep=self._threads(0, FETCH_TIMEOUT, "sweep", self.fetch_concurrency))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # A read can take forever without failing (a Consul that trickles its
+        # replies never trips the per-read timeout): say so while it lasts.
+        slow = loop.call_later(self.settings.slow_sync, self._slow, slot)
         try:
             state, reads = await self._resync(slot, pools)
+            slow.cancel()
+            if loop.time() - started > self.settings.slow_sync:
+                log.info("consul %s (%s): synced after %.1f s", self.url, self._label(slot),
+                         loop.time() - started)
             recovered = slot in self._errors
             self._errors.pop(slot, None)
             backoff.reset()
@@ -193,7 +204,12 @@ class ConsulSource:
             await Follower(state, reads, watch_limit=self.watch_limit,
                            changed=self.publisher.changed, counters=self._counters).run()
         finally:
+            slow.cancel()
             pools.close()
+
+    def _slow(self, slot: str) -> None:
+        log.warning("consul %s (%s): sync not done after %.0f s (a slow or stalled Consul?); "
+                    "still waiting", self.url, self._label(slot), self.settings.slow_sync)
 
     async def _resync(self, slot: str, pools: Pools) -> tuple[DcState, DcReads]:
         """Read one datacenter whole: its catalog-wide listings, then every service."""
