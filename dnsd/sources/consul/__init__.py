@@ -6,6 +6,8 @@
 - ``parse``: Consul's JSON as model values, and the diffs;
 - ``client``: python-consul2 clients and the requests dnsd makes (the only
   module that imports python-consul2).
+
+Imports: ``sources.consul.parse``, ``sources.consul.source``.
 """
 
 from dnsd.sources.consul.parse import ConsulUnavailable
