@@ -6,6 +6,7 @@ shutdown on SIGTERM/SIGINT). The only module that knows every other one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from dnsd import logs
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import RESTART_ONLY, Config
-from dnsd.errors import DnsdError, StateFileError
+from dnsd.errors import DnsdError, ServicesFileError, StateFileError
 from dnsd.forward import Forwarder, ForwardSettings
 from dnsd.handler import Handler
 from dnsd.hostport import format_hostport
@@ -27,7 +28,9 @@ from dnsd.ratelimit import RateLimiter
 from dnsd.server import Tasks, TcpLimits, connection_cap
 from dnsd.signals import STOP as STOP_SIGNALS
 from dnsd.signals import PendingSignals
+from dnsd.sources.backoff import Backoff
 from dnsd.sources.base import Source, SourceState
+from dnsd.sources.registry import build_sources, datacenter_fixed, static_settings
 from dnsd.sources.static import StaticSource
 from dnsd.state import StateSaver, load_views
 from dnsd.stats import QueryStats
@@ -54,19 +57,19 @@ class App:
     worker: int = 0  # index among --workers processes; worker 0 serves --metrics
     # Re-reads flags, environment and config file on SIGHUP (None: static files only).
     reload_config: Callable[[], Config] | None = None
+    # How long a crashed source waits before it runs again (grows while it keeps crashing).
+    restart_backoff: Callable[[], Backoff] = lambda: Backoff(SOURCE_RESTART_DELAY, 60.0)
     table: Table = field(init=False)
     statuses: dict[str, SourceStatus] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         cfg = self.config
-        fixed = cfg.datacenter_set or cfg.consul is None
-        self.table = Table(cfg.datacenter, datacenter_fixed=fixed)
+        self.table = Table(cfg.datacenter, datacenter_fixed=datacenter_fixed(cfg))
         self.tasks = Tasks()
         # Raises the open-files limit where allowed; never more connections than fit.
         self.tcp_limits = TcpLimits(max_connections=connection_cap())
-        self.static_sources = [StaticSource(path, cfg.node_name, cfg.datacenter)
-                               for path in cfg.static]
+        self.static_sources = [StaticSource(path, static_settings(cfg)) for path in cfg.static]
         self.sources: list[Source] = [*self.static_sources, *self._registry_sources()]
         for source in self.sources:
             self.statuses[source.name] = SourceStatus()
@@ -90,16 +93,7 @@ class App:
     # --- construction helpers ------------------------------------------------
 
     def _registry_sources(self) -> list[Source]:
-        sources: list[Source] = []
-        if self.config.consul:
-            from dnsd.sources.consul import ConsulSource
-
-            sources.append(ConsulSource(self.config))
-        if self.config.zookeeper:
-            from dnsd.sources.zookeeper import ZooKeeperSource
-
-            sources.append(ZooKeeperSource(self.config))
-        return sources
+        return build_sources(self.config)
 
     def _forwarder(self) -> Forwarder | None:
         if self.config.no_forward:
@@ -218,17 +212,31 @@ class App:
             self._source_tasks.append(asyncio.create_task(self._supervise(source)))
 
     async def _supervise(self, source: Source) -> None:
-        """Run a source forever; a source that crashes is logged and restarted."""
+        """Run a source forever; a source that crashes is logged and restarted,
+        later each time while it keeps crashing (its traceback logged once)."""
+        backoff = self.restart_backoff()
+        loop = asyncio.get_running_loop()
+        last = ""
         while True:
+            started = loop.time()
             try:
                 await source.run(self)
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("source %s failed; restarting it", source.name)
+            except Exception as exc:
+                if loop.time() - started > backoff.cap:
+                    backoff.reset()  # it ran well for a while: this is a new failure
+                delay = backoff.next()
+                if repr(exc) == last:
+                    log.error("source %s failed again (%r); restarting it in %.2f s",
+                              source.name, exc, delay)
+                else:
+                    log.exception("source %s failed; restarting it in %.2f s",
+                                  source.name, delay)
+                last = repr(exc)
                 self.set_state(source.name, SourceState.STALE, "internal error")
-                await asyncio.sleep(SOURCE_RESTART_DELAY)
+                await asyncio.sleep(delay)
 
     async def _bind_all(self) -> None:
         """Bind every DNS address, then the metrics one; raise ListenError if one fails."""
@@ -272,7 +280,7 @@ class App:
             if new != self.config:
                 self._apply(new)
         for source in self.static_sources:
-            source.reload(self)
+            source.request_reload()
 
     def _apply(self, new: Config) -> None:
         old = self.config
@@ -284,8 +292,7 @@ class App:
             keep = {s.path: s for s in self.static_sources}
             fresh = []
             for path in new.static:
-                source = keep.pop(path, None) or StaticSource(path, new.node_name,
-                                                              new.datacenter)
+                source = keep.pop(path, None) or StaticSource(path, static_settings(new))
                 fresh.append(source)
             for gone in keep.values():
                 self.sources.remove(gone)
@@ -295,6 +302,10 @@ class App:
                 if source not in self.static_sources:
                     self.sources.append(source)
                     self.statuses[source.name] = SourceStatus()
+                    # Served as soon as the new configuration is; a bad file
+                    # is reported by the source's own task.
+                    with contextlib.suppress(ServicesFileError):
+                        self.publish(source.name, source.load())
                     self._source_tasks.append(asyncio.create_task(self._supervise(source)))
             self.static_sources = fresh
         self.answerer = Answerer(zone_settings(new))

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import dns.asyncquery
@@ -24,6 +25,7 @@ from dnsd.app import App
 from dnsd.config import load_config
 from dnsd.sources.base import Source
 from dnsd.sources.consul import ConsulSource
+from dnsd.sources.registry import consul_settings
 from dnsd.state import load_views
 from tests.consul_double import ConsulDouble, register_web
 
@@ -36,8 +38,9 @@ class ConsulApp(App):
     def _registry_sources(self) -> list[Source]:
         sources: list[Source] = []
         if self.config.consul:
-            sources.append(ConsulSource(self.config, wait=self.wait, backoff_base=0.05,
-                                        backoff_cap=0.3))
+            settings = replace(consul_settings(self.config), wait=self.wait,
+                               backoff_base=0.05, backoff_cap=0.3)
+            sources.append(ConsulSource(settings))
         return sources
 
 
