@@ -16,7 +16,7 @@ from dnslib import RR, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsd.app import forward_settings
+from dnsd.build import forward_settings
 from dnsd.config import load_config
 from dnsd.errors import ConfigError
 from dnsd.forward import Forwarder
