@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dnsd import sdnotify
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config
 from dnsd.errors import DnsdError, StateFileError
@@ -201,6 +202,7 @@ class App:
             await self.forwarder.start()
         for source in self.sources:
             self._source_tasks.append(asyncio.create_task(self._supervise(source)))
+        sdnotify.notify("READY=1")  # systemd Type=notify: listeners are bound and answering
 
     async def _supervise(self, source: Source) -> None:
         """Run a source forever; a source that crashes is logged and restarted."""
@@ -227,7 +229,8 @@ class App:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         attempts = 20 if port == 0 else 1
         for attempt in range(attempts):
-            udp_sock = _socket(family, socket.SOCK_DGRAM, self.config.workers > 1)
+            udp_sock = _socket(family, socket.SOCK_DGRAM, self.config.workers > 1,
+                               self.config.freebind)
             try:
                 udp_sock.bind((host, port))
             except OSError as exc:
@@ -235,7 +238,8 @@ class App:
                 raise OSError(exc.errno, f"cannot listen on udp "
                               f"{format_hostport(host, port)}: {exc.strerror}") from None
             bound = udp_sock.getsockname()[1]
-            tcp_sock = _socket(family, socket.SOCK_STREAM, self.config.workers > 1)
+            tcp_sock = _socket(family, socket.SOCK_STREAM, self.config.workers > 1,
+                               self.config.freebind)
             try:
                 tcp_sock.bind((host, bound))
             except OSError as exc:
@@ -331,6 +335,7 @@ class App:
     async def shutdown(self) -> None:
         """Close listeners, let in-flight replies finish briefly, then cancel the rest."""
         log.info("shutting down")
+        sdnotify.notify("STOPPING=1")
         for listener in self.listeners:
             listener.udp.close()
             listener.tcp.close()
@@ -347,7 +352,7 @@ class App:
 
 
 # Settings a running process cannot change: they need a restart.
-RESTART_ONLY = ("listen", "workers", "consul", "consul_token", "consul_ca",
+RESTART_ONLY = ("listen", "freebind", "workers", "consul", "consul_token", "consul_ca",
                 "consul_datacenters", "zookeeper", "zookeeper_datacenter", "upstream",
                 "upstream_for", "upstream_policy", "state_dir", "metrics", "domain",
                 "alt_domain", "datacenter", "datacenter_set", "node_name")
@@ -360,9 +365,17 @@ def zone_settings(cfg: Config) -> ZoneSettings:
                         only_passing=cfg.only_passing, ns_addresses=ns_addresses)
 
 
-def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:
+IP_FREEBIND = 15  # Linux <linux/in.h>; the socket module does not export it
+
+
+def _socket(family: int, kind: int, reuse_port: bool, freebind: bool = False
+            ) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
+        if freebind:
+            # Bind an address the host does not have yet (a bridge that appears
+            # later); the socket receives as soon as it does. Works for IPv6 too.
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:

@@ -60,6 +60,7 @@ class Config:
     workers: int = 1
     rate_limit: float = 0.0
     query_log: bool = False
+    freebind: bool = False
     only_passing: bool = False
     state_dir: str | None = None
     metrics: HostPort | None = None
@@ -283,6 +284,8 @@ OPTIONS: tuple[Option, ...] = (
            "(default 0: no cap)", "N"),
     Option("allow-recursion", _cidr, "clients whose out-of-zone names are forwarded "
            "(default loopback and private ranges)", "CIDR", repeat=True),
+    Option("freebind", _text, "listen on addresses this host does not have (yet), e.g. "
+           "Docker's bridge before Docker creates it (IP_FREEBIND)", flag=True),
     Option("workers", _workers, "processes sharing the port (default 1)", "N"),
     Option("rate-limit", _rate, "per-client UDP response rate limit (default off)", "QPS"),
     Option("query-log", _text, "log one line per query", flag=True),
