@@ -9,6 +9,7 @@ import pytest
 
 from tests.dnsd_process import DnsdProcess
 from tests.docker_engine import unavailable_reason as docker_unavailable_reason
+from tests.docker_image import Build, build_image
 from tests.docker_lab import DockerLab
 from tests.docker_lab import docker_lab as start_docker_lab
 
@@ -39,3 +40,10 @@ def docker_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerLab]:
         pytest.skip(f"DOCKER NOT RUN: {reason}")
     with start_docker_lab(tmp_path_factory.mktemp("docker")) as lab:
         yield lab
+
+
+@pytest.fixture(scope="session")
+def dnsd_image(docker_lab: DockerLab) -> Build:
+    """``docker/Dockerfile`` built on the session's engine as ``dnsd:local``
+    (``tests/docker_image.py``: a local Debian base, wheels from the host)."""
+    return build_image(docker_lab.engine)
