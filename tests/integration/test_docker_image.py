@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -174,3 +175,44 @@ def test_healthcheck_follows_the_metrics_address(dnsd_image: Build,
     finally:
         for container in started.values():
             container.remove()
+
+
+def free_privileged_port() -> int:
+    """A port below 1024 free for UDP and TCP on 127.0.0.1 (binding it needs
+    CAP_NET_BIND_SERVICE outside a container's own network namespace)."""
+    for port in range(1000, 900, -1):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 901-1000")
+
+
+def test_host_network_needs_root_with_one_capability(dnsd_image: Build,
+                                                     docker_lab: DockerLab) -> None:
+    """With --network host the host's ip_unprivileged_port_start applies: the
+    image's user cannot bind a low port; root with only NET_BIND_SERVICE can."""
+    port = free_privileged_port()
+    # An upstream on loopback: this namespace is the host's, and so is its resolv.conf.
+    args = ["--listen", f"127.0.0.1:{port}", "--static", "/etc/dnsd/services.toml",
+            "--upstream", "127.0.0.1:9"]
+    refused = docker_lab.engine.docker(
+        "run", "--rm", "--network", "host", "--cap-drop", "ALL", "--read-only",
+        "--env", "DNSD_METRICS=", IMAGE, *args, check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Permission denied" in refused.stderr
+    container = docker_lab.engine.run(
+        IMAGE, *args, name="dnsdt-image-host", network="host", user="0:0",
+        cap_drop=["ALL"], cap_add=["NET_BIND_SERVICE"], read_only=True,
+        env={"DNSD_METRICS": ""})
+    try:
+        wait_until(lambda: container.status != "running" or "listening on" in
+                   container.logs(), timeout=30, interval=0.2)
+        assert addresses(ask("127.0.0.1", "web.service.consul", port=port)) == EXAMPLE_WEB, \
+            container.logs()
+    finally:
+        container.remove()
