@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -25,8 +26,8 @@ import dns.rdatatype
 import pytest
 
 from tests.dnsd_process import wait_until
-from tests.docker_engine import Container
-from tests.docker_image import Build
+from tests.docker_engine import DOCKER, Container
+from tests.docker_image import ROOT, Build, base_image
 from tests.docker_lab import NETWORK, OUTSIDE_ADDRESS, OUTSIDE_NAME, DockerLab
 from tests.upstreams import free_port
 
@@ -216,3 +217,24 @@ def test_host_network_needs_root_with_one_capability(dnsd_image: Build,
             container.logs()
     finally:
         container.remove()
+
+
+@pytest.mark.slow
+def test_classic_builder_builds_the_image(dnsd_image: Build, docker_lab: DockerLab) -> None:
+    """Debian's docker.io 20.10 and docker-compose 1.29 build with the classic
+    builder unless told otherwise: the Dockerfile needs nothing BuildKit-only.
+    About a minute on vfs (the classic builder copies the root filesystem per
+    step): run by `make test-docker`, not `make test`."""
+    from dnsd import __version__
+
+    base = base_image(docker_lab.engine)
+    result = subprocess.run(
+        [DOCKER, "build", "--network", "none", "-f", "docker/Dockerfile",
+         "--build-arg", f"BASE={base}", "-t", "dnsd:classic", "."],
+        cwd=ROOT, env={**docker_lab.engine.env, "DOCKER_BUILDKIT": "0"},
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Successfully tagged dnsd:classic" in result.stdout
+    version = docker_lab.engine.run_once("dnsd:classic", "--version", network="none")
+    assert version.stdout.strip() == f"dnsd {__version__}", version.stdout + version.stderr
+    docker_lab.engine.docker("rmi", "dnsd:classic")
