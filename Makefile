@@ -49,7 +49,8 @@ test: deps $(BIN)/dnsd lint
 # `make test` leaves out (the image built by the classic builder too): about
 # 3 minutes, plus one more the first time (the image's local base is made).
 test-docker: deps $(BIN)/dnsd
-	$(BIN)/python -m pytest -q -m '' tests/integration/test_docker.py \
+	$(BIN)/python -m pytest -q -m '' tests/integration/test_docker_engine.py \
+		tests/integration/test_docker.py \
 		tests/integration/test_docker_image.py tests/integration/test_docker_compose.py
 
 bench: bench-deps $(BIN)/dnsd

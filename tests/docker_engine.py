@@ -523,8 +523,11 @@ class Engine:
                 ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
                 if ids:
                     self.docker("rm", "-f", "-v", *ids, check=False, timeout=120)
-                for network in list(self.networks.values()):
-                    self.docker("network", "rm", network.name, check=False, timeout=30)
+                # Every network made on this engine, also by Compose.
+                custom = self.docker("network", "ls", "--filter", "type=custom", "-q",
+                                     check=False, timeout=30).stdout.split()
+                if custom:
+                    self.docker("network", "rm", *custom, check=False, timeout=60)
             self.stop_daemon()
         finally:
             # Shims survive dockerd with live-restore; a killed dockerd leaves
