@@ -11,8 +11,8 @@ the gateway address, port 53 (Docker's resolver on 20.10 forwards only to port
 Containers on ``dnsdt`` therefore find services through Docker's ``dns``
 setting alone, and :func:`ask` asks Docker's resolver (127.0.0.11) from inside a
 container's network namespace with dnspython, for replies tests can inspect
-(flags, rcode, sections). Imports the standard library, dnspython and tests'
-own helpers.
+(flags, rcode, sections). Imports the standard library, dnspython,
+``tests.dnsd_process``, ``tests.docker_engine`` and ``tests.upstreams``.
 """
 
 from __future__ import annotations
