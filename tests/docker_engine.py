@@ -514,11 +514,13 @@ class Engine:
         """Remove every container and network, end dockerd and all it left, delete
         the folder and release the subnets."""
         try:
-            if self.proc is None or self.proc.poll() is not None:
+            containers = self.root / "data" / "containers"
+            if ((self.proc is None or self.proc.poll() is not None)
+                    and containers.is_dir() and any(containers.iterdir())):
                 # Containers may outlive dockerd (live-restore): bring it back so
                 # it removes them the ordinary way.
                 with contextlib.suppress(Exception):
-                    self.start()
+                    self.start(timeout=20)
             if self.proc is not None and self.proc.poll() is None:
                 ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
                 if ids:
