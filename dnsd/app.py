@@ -7,8 +7,8 @@ replies in flight go out, then stop the rest).
 It builds nothing itself beyond what the lifecycle needs: the parts come from
 ``build`` (or from the caller), the Sink is ``status.StatusBoard``, sockets come
 from ``listen``. Imports: ``build``, ``config``, ``errors``, ``hostport``,
-``listen``, ``logs``, ``metrics``, ``server``, ``signals``, ``sources``,
-``state``, ``status``.
+``listen``, ``logs``, ``metrics``, ``sdnotify``, ``server``, ``signals``,
+``sources``, ``state``, ``status``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import signal
 from collections.abc import Callable
 
-from dnsd import build, logs
+from dnsd import build, logs, sdnotify
 from dnsd.answer import Answerer
 from dnsd.config import RESTART_ONLY, Config
 from dnsd.errors import DnsdError, ServicesFileError, StateFileError
@@ -137,6 +137,7 @@ class App:
             await self.forwarder.start()
         for source in self.sources:
             self._run(source)
+        sdnotify.notify("READY=1")  # systemd Type=notify: listeners are bound and answering
 
     def _run(self, source: Source) -> None:
         self._source_tasks[source.name] = asyncio.create_task(self._supervise(source))
@@ -197,7 +198,8 @@ class App:
         pairs = []
         try:
             for host, port in self.config.listen:
-                pairs.append(bind_pair(host, port, reuse_port=self.config.workers > 1))
+                pairs.append(bind_pair(host, port, reuse_port=self.config.workers > 1,
+                                       freebind=self.config.freebind))
         except BaseException:
             for udp, tcp in pairs:
                 udp.close()
@@ -333,6 +335,7 @@ class App:
         """Stop taking queries, let in-flight replies finish briefly, then stop
         the sources, save the table and close the rest."""
         log.info("shutting down")
+        sdnotify.notify("STOPPING=1")
         parts = self._parts
         for listener in self.listeners:
             listener.stop()
