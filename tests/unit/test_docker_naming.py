@@ -515,7 +515,7 @@ def test_garbage_anywhere_never_raises(name: str, changes: list[tuple[tuple[str,
     ({"node": "bad node", "datacenter": "dc1"}, "node name"),
     ({"node": "host1", "datacenter": "dc.1"}, "datacenter"),
     ({"node": "host1", "datacenter": "dc1", "published": "docker.example"}, "not an IP"),
-    ({"node": "host1", "datacenter": "dc1", "published": "10.0.0.400"}, "not an IP"),
+    ({"node": "host1", "datacenter": "dc1", "published": "10.0.0.400"}, "neither"),
     ({"node": "host1", "datacenter": "dc1", "published": "a b"}, "neither"),
     ({"node": "host1", "datacenter": "dc1", "network": ""}, "network"),
 ])

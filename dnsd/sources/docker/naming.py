@@ -62,10 +62,7 @@ class NamingSettings:
         if not is_label(self.datacenter):
             raise ValueError(f"datacenter {self.datacenter!r} is not a valid DNS label")
         if self.published is not None:
-            try:
-                kind, address = classify_address(self.published)
-            except ValueError:
-                kind, address = AddressKind.NONE, ""
+            kind, address = classify_address(self.published)
             if kind not in (AddressKind.IPV4, AddressKind.IPV6):
                 raise ValueError(f"published address {self.published!r} is not an IP address")
             object.__setattr__(self, "published", address)
