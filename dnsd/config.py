@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from dnsd import __version__
 from dnsd.errors import ConfigError
-from dnsd.hostport import HostPort, parse_hostport
+from dnsd.hostport import HostPort, parse_hostport, parse_listen
 from dnsd.model import is_hostname, is_label
 
 DEFAULT_ALLOW_RECURSION = (
@@ -80,7 +80,7 @@ class Config:
 
 
 def _listen(text: str) -> HostPort:
-    return parse_hostport(text)
+    return parse_listen(text)
 
 
 def _upstream(text: str) -> HostPort:
@@ -231,8 +231,9 @@ _ZONE, _SOURCES, _FORWARDING, _ANSWERS, _OPERATIONS = (
     "Listening and zone", "Sources", "Forwarding", "Answers", "Operations")
 
 OPTIONS: tuple[Option, ...] = (
-    Option("listen", _listen, "UDP and TCP listen address; IPv6 as [::1]:PORT (default "
-           "127.0.0.1:8600)", "ADDR:PORT", repeat=True, group=_ZONE),
+    Option("listen", _listen, "UDP and TCP listen address; IPv6 as [::1]:PORT, :PORT for "
+           "every IPv4 address, PORT alone for loopback (default 127.0.0.1:8600)",
+           "ADDR:PORT", repeat=True, group=_ZONE),
     Option("freebind", _text, "listen on addresses this host does not have (yet), e.g. "
            "Docker's bridge before Docker creates it (IP_FREEBIND)", flag=True, group=_ZONE),
     Option("domain", _domain, "the zone dnsd answers (default consul)", "NAME", group=_ZONE),
@@ -477,6 +478,8 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
 
     if values.get("listen") == ():
         raise ConfigError("--listen: no address given")
+    if "listen" in values:  # the same address twice is one listener, not a clash
+        values["listen"] = tuple(dict.fromkeys(values["listen"]))
     values.setdefault("allow_recursion",
                       tuple(ipaddress.ip_network(c) for c in DEFAULT_ALLOW_RECURSION))
     values.setdefault("node_name", default_node_name())

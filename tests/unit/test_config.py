@@ -147,3 +147,20 @@ def test_consul_address_from_consul_env() -> None:
 
 def test_no_forward_turns_forwarding_off() -> None:
     assert load_config(["--no-forward"], environ={}).no_forward
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("9153", ("127.0.0.1", 9153)),          # a port alone: loopback
+    (":8600", ("0.0.0.0", 8600)),           # every IPv4 address, as Go and CoreDNS read it
+    ("localhost:8600", ("127.0.0.1", 8600)),
+    ("LOCALHOST:53", ("127.0.0.1", 53)),
+    ("[::]:53", ("::", 53)),
+])
+def test_listen_and_metrics_forms(text: str, expected: tuple[str, int]) -> None:
+    assert load_config(["--listen", text], environ={}).listen == (expected,)
+    assert load_config(["--metrics", text], environ={}).metrics == expected
+
+
+def test_the_same_listen_address_twice_is_one() -> None:
+    config = load_config(["--listen", "127.0.0.1:53", "--listen", "localhost:53"], environ={})
+    assert config.listen == (("127.0.0.1", 53),)
