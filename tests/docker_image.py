@@ -140,8 +140,10 @@ def wheel_requirements() -> list[str]:
 def wheelhouse() -> Path:
     """The cached folder of wheels for :func:`wheel_requirements`; made when missing."""
     requirements = wheel_requirements()
+    constraints = ROOT / ".constraints.txt"  # the versions make test and the image use
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    key = hashlib.sha256(json.dumps([tag, requirements]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([tag, requirements, constraints.read_text()])
+                         .encode()).hexdigest()[:12]
     folder = CACHE / f"wheels-{tag}-{key}"
     with _locked(folder.name):
         if folder.is_dir():
@@ -150,7 +152,8 @@ def wheelhouse() -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet",
                                  "--disable-pip-version-check", "--wheel-dir", str(partial),
-                                 *requirements], capture_output=True, text=True, timeout=600)
+                                 "-c", str(constraints), *requirements],
+                                capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise RuntimeError(f"pip wheel failed:\n{result.stdout}{result.stderr}")
         partial.rename(folder)
