@@ -5,7 +5,7 @@ This is the one place that decides rcodes for in-zone names (see
 is keyed by snapshot version: a new snapshot empties it for free. Records are
 built once per (snapshot, name, type) and rendered per query by :func:`render`,
 which rotates them and has ``dnsd.render`` fit them. Imports: ``model``,
-``names``, ``records``, ``render``, ``table``, ``wire``.
+``names``, ``records``, ``render``, ``replycache``, ``table``, ``wire``.
 """
 
 from __future__ import annotations

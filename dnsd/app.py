@@ -6,9 +6,10 @@ replies in flight go out, then stop the rest).
 
 It builds nothing itself beyond what the lifecycle needs: the parts come from
 ``build`` (or from the caller), the Sink is ``status.StatusBoard``, sockets come
-from ``listen``. Imports: ``build``, ``config``, ``errors``, ``hostport``,
-``listen``, ``logs``, ``metrics``, ``sdnotify``, ``server``, ``signals``,
-``sources``, ``state``, ``status``.
+from ``listen``. Imports: ``answer``, ``build``, ``config``, ``errors``,
+``forward``, ``handler``, ``hostport``, ``listen``, ``logs``, ``metrics``,
+``sdnotify``, ``server``, ``signals``, ``sources``, ``state``, ``status``,
+``table``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The only place that exits: a :class:`DnsdError` (bad option, bad services file,
 an address that cannot be bound) becomes one line on stderr and exit status 2.
 Imports: ``signals`` first (so a signal during start-up is never fatal), then
 ``config``, ``errors``, ``logs``, ``app``, ``workers`` and, for the
-subcommands, ``sources.static`` and ``tableview``.
+subcommands, ``build``, ``sources.servicesfile`` and ``tableview``.
 """
 
 from __future__ import annotations

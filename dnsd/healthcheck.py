@@ -13,7 +13,8 @@ put it. Then it asks that dnsd:
 
 Exit status 0 when healthy, 1 when not (Docker's contract), with one line on
 stdout saying what was asked and what came back; Docker keeps it in the
-container's health log. Imports: ``config``, ``errors``.
+container's health log. Imports: ``config``, ``errors``, ``hostport``,
+``records``, ``wire``.
 """
 
 from __future__ import annotations
