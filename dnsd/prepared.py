@@ -5,8 +5,8 @@ validated :class:`PreparedQuery` values gathered in a :class:`QuerySet`;
 choosing which query a name ``<name-or-id>.query`` selects; rendering
 templates; and evaluating the chosen query against a :class:`Snapshot`,
 failover included, as Consul's ``PreparedQuery.Execute`` does. Pure: no I/O,
-no clock, nothing shared is mutated. Imports: ``model``, ``table`` and the
-standard library only.
+no clock, nothing shared is mutated. Imports: ``model`` and the standard
+library only (``table`` for its types).
 
 Which query a name selects (Consul's ``PreparedQueryResolve``), the name being
 lower-cased first as Consul's DNS does: a query whose ID it is; else the query
@@ -55,9 +55,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from dnsd.model import Health, Instance
-from dnsd.table import Snapshot
+
+if TYPE_CHECKING:  # the table holds parsed query sets: it imports this module
+    from dnsd.table import Snapshot
 
 TEMPLATE_TYPE = "name_prefix_match"
 """The only ``Template.Type`` Consul knows."""
