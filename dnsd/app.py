@@ -17,7 +17,7 @@ from dnsd import logs
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import RESTART_ONLY, Config
 from dnsd.errors import DnsdError, StateFileError
-from dnsd.forward import Forwarder, ForwardSettings
+from dnsd.forward import Forwarder, ForwardSettings, ForwardTiming
 from dnsd.handler import Handler
 from dnsd.hostport import format_hostport
 from dnsd.listen import Listener, bind_error, bind_pair, listen
@@ -70,6 +70,8 @@ class App:
         self.sources: list[Source] = [*self.static_sources, *self._registry_sources()]
         for source in self.sources:
             self.statuses[source.name] = SourceStatus()
+        # Until a registry has been heard, a name it may know is not called absent.
+        self.table.expect(*(s.name for s in self.sources if s not in self.static_sources))
         self.forwarder = self._forwarder()
         self.answerer = Answerer(zone_settings(cfg))
         self.stats = QueryStats()
@@ -360,10 +362,23 @@ def zone_settings(cfg: Config) -> ZoneSettings:
     ns_addresses = tuple(host for host, _ in cfg.listen
                          if not ipaddress.ip_address(host).is_unspecified)
     return ZoneSettings(domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
-                        only_passing=cfg.only_passing, ns_addresses=ns_addresses)
+                        only_passing=cfg.only_passing, ns_addresses=ns_addresses,
+                        node_ttl=cfg.node_ttl, service_ttl=cfg.service_ttl,
+                        a_record_limit=cfg.a_record_limit, soa_refresh=cfg.soa_refresh,
+                        soa_retry=cfg.soa_retry, soa_expire=cfg.soa_expire,
+                        node_meta_txt=cfg.node_meta_txt,
+                        translate_wan_addrs=cfg.translate_wan_addrs)
 
 
 def forward_settings(cfg: Config) -> ForwardSettings:
     """Forwarding's own settings, taken from the whole configuration."""
+    # --recursor-timeout is the per-try UDP timeout (Consul's recursor_timeout);
+    # TCP gets its handshake on top, and the whole attempt room for one try more.
+    base = ForwardTiming()
+    timing = dataclasses.replace(
+        base, try_timeout=cfg.recursor_timeout,
+        tcp_timeout=cfg.recursor_timeout + base.tcp_timeout - base.try_timeout,
+        deadline=max(base.deadline, cfg.recursor_timeout + base.tcp_timeout))
     return ForwardSettings(upstreams=cfg.upstream, upstream_for=cfg.upstream_for,
-                           policy=cfg.upstream_policy, listen=cfg.listen, domains=cfg.domains)
+                           policy=cfg.upstream_policy, listen=cfg.listen, domains=cfg.domains,
+                           timing=timing)
