@@ -41,12 +41,12 @@ is None when the query sets none and the caller's service TTL applies.
 What dnsd cannot evaluate from its table is said once per definition, as a
 warning from :func:`parse_queries`: a filter that would let through instances
 Consul leaves out (``Connect``; ``Peer``, ``SamenessGroup``, a non-default
-``Namespace`` or ``Partition``) leaves the query out; one that can only narrow or reorder the answer is
-ignored with a warning (``IgnoreCheckIDs``: the table keeps one health per
-instance, not each check, so fewer instances answer than in Consul;
-``NearestN`` and peer failover ``Targets``: no network coordinates or peers
-here, so failover goes straight to the listed datacenters). ``Near`` only
-orders results, which the answer stage rotates anyway.
+``Namespace`` or ``Partition``) leaves the query out; one that can only narrow
+or reorder the answer is ignored with a warning (``IgnoreCheckIDs``: the table
+keeps one health per instance, not each check, so fewer instances answer than
+in Consul; ``NearestN`` and peer failover ``Targets``: no network coordinates
+or peers here, so failover goes straight to the listed datacenters). ``Near``
+only orders results, which the answer stage rotates anyway.
 """
 
 from __future__ import annotations
