@@ -318,12 +318,15 @@ class Handler:
             if query.qtype == T_ANY and not over_tcp:
                 answer = answer.one_rrset()
             limit = MAX_TCP if over_tcp else udp_limit(query)
-            if (answer.targets and query.qtype in CHASED_TYPES
-                    and self.forwarder is not None and self.recursion_allowed(client)):
+            cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
+            if answer.targets and query.qtype in CHASED_TYPES and self.forwarder is not None:
+                if not self.recursion_allowed(client):
+                    # Not cached by the query's bytes: a client allowed recursion
+                    # asking the same bytes is owed the chased records.
+                    return render(query, answer, limit=limit, answer_cap=cap, ra=ra)
                 if query.qtype == rr.T_SRV:
                     return self._chase_targets(self.forwarder, query, answer, limit, ra)
                 return self._chase(self.forwarder, query, answer, limit, ra)
-            cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
             turns = len(answer.answers)
             if turns > MAX_ROTATIONS or len(query.wire) > KEY_LIMIT:
                 return render(query, answer, limit=limit, answer_cap=cap, ra=ra)

@@ -254,10 +254,10 @@ class FakeForwarder:
         return reply.to_wire()  # type: ignore[no-any-return]
 
 
-def _handle(handler: Handler, name: str, qtype: str) -> dns.message.Message:
+def _handle(handler: Handler, name: str, qtype: str,
+            client: str = "127.0.0.1") -> dns.message.Message:
     async def run() -> bytes | None:
-        result = handler.handle(dns.message.make_query(name, qtype).to_wire(), "127.0.0.1",
-                                True)
+        result = handler.handle(dns.message.make_query(name, qtype).to_wire(), client, True)
         if isinstance(result, bytes) or result is None:
             return result
         return await result
@@ -286,6 +286,20 @@ def test_chased_records_take_the_service_ttl_and_in_zone_targets_are_never_forwa
     got = _handle(handler, "alias.service.consul", "SRV")
     assert _lines(got.additional) == {"api.service.consul. 5 IN A 10.2.0.1"}
     assert forwarder.asked == []
+
+
+def test_a_client_that_may_not_recurse_does_not_decide_what_others_get() -> None:
+    table = _table([Instance("ext", "n1", "dc1", address="host.example.net", port=443)])
+    forwarder = FakeForwarder({"host.example.net": ["192.0.2.1"]})
+    handler = Handler(table, Answerer(ZoneSettings()), forwarder,
+                      [ipaddress.ip_network("127.0.0.0/8")])
+    for qtype in ("A", "SRV"):
+        assert not forwarder.asked
+        alone = _handle(handler, "ext.service.consul", qtype, client="198.51.100.7")
+        assert not forwarder.asked and "192.0.2.1" not in str(alone)
+        chased = _handle(handler, "ext.service.consul", qtype)
+        assert forwarder.asked and "host.example.net. 0 IN A 192.0.2.1" in str(chased)
+        forwarder.asked.clear()
 
 
 # --- name forms and PTR ------------------------------------------------------------
