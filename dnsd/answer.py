@@ -396,9 +396,10 @@ class _Builder:
         additional: list[bytes] = []
         ttl = self.node_ttl()
         if self.wants(rr.T_SOA):
-            answers.append(self.answerer.soa(self.zone, True, self.snapshot))
+            at_qname = self.owner == rr.QNAME_POINTER  # else the zone's own name, the same
+            answers.append(self.answerer.soa(self.zone, at_qname, self.snapshot))
         if self.wants(rr.T_NS):
-            answers.append(rr.ns(rr.QNAME_POINTER, ttl, f"ns.{self.zone}"))
+            answers.append(rr.ns(self.owner, ttl, f"ns.{self.zone}"))
             glue = rr.name(f"ns.{self.zone}")
             additional.extend(rr.address(glue, ttl, ip) for ip in self.s.ns_addresses)
         if not answers:
