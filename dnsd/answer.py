@@ -534,8 +534,7 @@ class _Builder:
         hosts: list[str] = []
         for inst in live:
             node = self.snapshot.nodes.get((dc, inst.node.lower()))
-            address = self.instance_address(inst, node, self.qtype, wan, dc)
-            kind = _kind(address)
+            address, kind = self.instance_address(inst, node, self.qtype, wan, dc)
             if kind is AddressKind.HOSTNAME:
                 hosts.append(address)
             elif self.fits(kind):
@@ -547,20 +546,27 @@ class _Builder:
         return self.nodata()
 
     def instance_address(self, inst: Instance, node: Node | None, qtype: int, wan: bool,
-                         dc: str) -> str:
-        """The address an instance is answered at (Consul's rules): its own,
-        translated; else its node's; a host name naming the service itself
-        gives way to the node's address."""
-        own = translate(inst.address, {t: a.address for t, a in inst.tagged_addresses.items()},
-                        qtype, wan)
-        node_address = translate(inst.node_address,
-                                 node.tagged_addresses if node is not None else {}, qtype, wan)
+                         dc: str) -> tuple[str, AddressKind]:
+        """The address an instance is answered at, and its kind (Consul's
+        rules): its own, translated; else its node's; a host name naming the
+        service itself gives way to the node's address. Without tagged
+        addresses, the kinds the model worked out are used as they are."""
+        own, own_kind = inst.address, inst.address_kind
+        if inst.tagged_addresses:
+            own = translate(own, {t: a.address for t, a in inst.tagged_addresses.items()},
+                            qtype, wan)
+            own_kind = inst.address_kind if own == inst.address else _kind(own)
+        node_address, node_kind = inst.node_address, inst.node_address_kind
+        if node is not None and node.tagged_addresses:
+            node_address = translate(node_address, node.tagged_addresses, qtype, wan)
+            if node_address != inst.node_address:
+                node_kind = _kind(node_address)
         if not own:
-            return node_address
-        if (_kind(own) is AddressKind.HOSTNAME and _kind(node_address) in _IPS
+            return node_address, node_kind
+        if (own_kind is AddressKind.HOSTNAME and node_kind in _IPS
                 and self.names_itself(own, inst, dc)):
-            return node_address
-        return own
+            return node_address, node_kind
+        return own, own_kind
 
     def srv(self, live: list[Instance], dc: str, ttl: int) -> AnswerSet:
         """SRV records as Consul builds them: priority 1, the health weight, a
@@ -569,13 +575,13 @@ class _Builder:
         translated one), or the host name; the target's records go with it."""
         wan = self.wan(dc)
         answers: list[bytes] = []
+        seen: set[bytes] = set()
         extras: list[tuple[bytes, ...]] = []
         late: list[tuple[bytes, ...]] = []
         targets: list[str] = []
         for inst in live:
             node = self.snapshot.nodes.get((dc, inst.node.lower()))
-            address = self.instance_address(inst, node, rr.T_SRV, wan, dc)
-            kind = _kind(address)
+            address, kind = self.instance_address(inst, node, rr.T_SRV, wan, dc)
             node_fqdn = f"{inst.node.lower()}.node.{dc}.{self.zone}"
             external = ""
             if kind is AddressKind.HOSTNAME:
@@ -598,8 +604,9 @@ class _Builder:
             if wan_address is not None and wan_address.port:
                 port = wan_address.port
             record = rr.srv(self.owner, ttl, 1, inst.weight, port, target)
-            if record in answers:
+            if record in seen:
                 continue
+            seen.add(record)
             answers.append(record)
             extras.append(extra)
             targets.append(external)
