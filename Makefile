@@ -6,13 +6,17 @@ PORT   ?= 8600
 # Debian packages the tests drive for real: dig, dnsmasq (upstream and peer),
 # ZooKeeper (the registry), iproute2 (network namespaces for glibc clients),
 # and the resolvers people run: musl, Go, c-ares (Node.js), Java, Unbound, curl.
+# A private Docker engine (docker.io; iptables, which dockerd needs even with
+# --iptables=false), busybox-static (the test containers), debootstrap (the
+# image's local base: no registry is reached) and docker-compose (the demo).
 DEBS   := dnsutils dnsmasq-base zookeeperd iproute2 python3-venv musl-tools golang-go \
-          unbound curl nodejs default-jre-headless openssl
+          unbound curl nodejs default-jre-headless openssl \
+          docker.io iptables busybox-static debootstrap docker-compose
 # The benchmark's load generator (make bench only).
 BENCH_DEBS := dnsperf dnsmasq-base
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps bench-deps venv lint bench bench-scale clean
+.PHONY: run test test-docker deps bench-deps venv lint bench bench-scale clean
 
 $(BIN)/dnsd: pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) || { $(MAKE) deps && $(PYTHON) -m venv $(VENV); }
@@ -40,6 +44,14 @@ lint: $(BIN)/dnsd
 
 test: deps $(BIN)/dnsd lint
 	$(BIN)/python -m pytest -q
+
+# What runs against a real Docker engine (as root), with the slower checks
+# `make test` leaves out (the image built by the classic builder too): about
+# 3 minutes, plus one more the first time (the image's local base is made).
+test-docker: deps $(BIN)/dnsd
+	$(BIN)/python -m pytest -q -m '' tests/integration/test_docker_engine.py \
+		tests/integration/test_docker.py \
+		tests/integration/test_docker_image.py tests/integration/test_docker_compose.py
 
 bench: bench-deps $(BIN)/dnsd
 	$(BIN)/python -m tests.perf.bench

@@ -41,6 +41,7 @@ class Config:
     """Every setting dnsd runs with, validated. Built only by :func:`load_config`."""
 
     listen: tuple[HostPort, ...] = (("127.0.0.1", 8600),)
+    freebind: bool = False
     domain: str = "consul"
     alt_domain: str | None = None
     datacenter: str = "dc1"
@@ -263,6 +264,8 @@ _ZONE, _SOURCES, _FORWARDING, _ANSWERS, _OPERATIONS = (
 OPTIONS: tuple[Option, ...] = (
     Option("listen", _listen, "UDP and TCP listen address; IPv6 as [::1]:PORT (default "
            "127.0.0.1:8600)", "ADDR:PORT", repeat=True, group=_ZONE),
+    Option("freebind", _text, "listen on addresses this host does not have (yet), e.g. "
+           "Docker's bridge before Docker creates it (IP_FREEBIND)", flag=True, group=_ZONE),
     Option("domain", _domain, "the zone dnsd answers (default consul)", "NAME", group=_ZONE),
     Option("alt-domain", _domain, "a second zone answered the same way", "NAME",
            group=_ZONE),

@@ -32,7 +32,7 @@ RESTART_BACKOFF = 1.0
 
 def resolve_ports(config: Config) -> Config:
     """Replace port 0 listen addresses with a port free for both UDP and TCP."""
-    return dataclasses.replace(config, listen=pick_ports(config.listen))
+    return dataclasses.replace(config, listen=pick_ports(config.listen, config.freebind))
 
 
 def supervise(config: Config,

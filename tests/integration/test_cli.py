@@ -85,6 +85,7 @@ def test_bad_input_exits_with_one_line_naming_it(args: list[str], env: dict[str,
     ('[[services]]\nname = "a"\nid = "x"\naddress = "10.0.0.1"\n'
      '[[services]]\nname = "a"\nid = "x"\naddress = "10.0.0.2"\n', ["services[1] (a)", "id"]),
     ("this is not toml", ["not valid TOML"]),
+    ("services = " + "[" * 50_000, ["nested too deeply"]),
 ])
 def test_bad_services_file_names_file_entry_and_field(tmp_path: Path, content: str,
                                                       needles: list[str]) -> None:
@@ -96,6 +97,31 @@ def test_bad_services_file_names_file_entry_and_field(tmp_path: Path, content: s
     assert "\n" not in line and str(path) in line
     for needle in needles:
         assert needle in line
+
+
+def test_deeply_nested_json_services_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "services.json"
+    path.write_text('{"services": ' + "[" * 50_000)
+    result = run_cli(["--static", str(path)])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"dnsd: error: {path}: nested too deeply"]
+
+
+def test_a_file_that_turns_deeply_nested_keeps_serving_without_restarts(
+        tmp_path: Path) -> None:
+    path = tmp_path / "services.toml"
+    path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.1"\n')
+    with DnsdProcess(["--static", str(path)]) as proc:
+        path.write_text("services = " + "[" * 50_000)
+        proc.wait_for_log(r"nested too deeply; still serving its previous version", timeout=5)
+        assert proc.query("web.service.consul", "A").answer[0][0].address == "10.0.0.1"
+        path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.2"\n')
+        deadline = time.monotonic() + 5
+        while proc.query("web.service.consul", "A").answer[0][0].address != "10.0.0.2":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert "restarting" not in proc.log and "Traceback" not in proc.log
 
 
 def test_json_services_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -10,35 +11,22 @@ from contextlib import asynccontextmanager
 import pytest
 
 from dnsd.config import Config
-from dnsd.model import Health, Instance, View
+from dnsd.model import Health
 from dnsd.sources.base import SourceState
-from dnsd.sources.consul import ConsulSource
+from dnsd.sources.consul import ConsulSettings, ConsulSource
+from dnsd.sources.registry import consul_settings
 from tests.consul_double import ConsulDouble
+from tests.sinks import RecordingSink
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.views: dict[str, View] = {}
-        self.publishes = 0
-        self.states: list[tuple[SourceState, str]] = []
-
-    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
-        self.views[source] = view
-        self.publishes += 1
-
-    def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
-        self.states.append((state, reason))
-
-    @property
-    def view(self) -> View:
-        return next(iter(self.views.values()), View())
-
-    @property
-    def state(self) -> SourceState:
-        return self.states[-1][0] if self.states else SourceState.SYNCING
-
-    def instances(self, service: str, dc: str = "dc1") -> list[Instance]:
-        return [i for i in self.view.instances if i.service == service and i.datacenter == dc]
+def settings(double: ConsulDouble, **options: object) -> ConsulSettings:
+    """The settings ``--consul <double>`` and the Config fields in ``options``
+    give, with the ConsulSettings fields in ``options`` (shorter waits) applied."""
+    fields = {f.name for f in dataclasses.fields(ConsulSettings)}
+    config = Config(consul=double.url,  # type: ignore[arg-type]
+                    **{k: v for k, v in options.items() if k not in fields})
+    return dataclasses.replace(consul_settings(config),  # type: ignore[arg-type]
+                               **{k: v for k, v in options.items() if k in fields})
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -66,9 +54,9 @@ Running = tuple[ConsulSource, RecordingSink]
 async def start(double: ConsulDouble, watch_limit: int | None = None,
                 **config: object) -> AsyncIterator[Running]:
     """A running source (short waits and backoff) and the sink it reports to."""
-    cfg = Config(consul=double.url, **config)  # type: ignore[arg-type]
     options = {} if watch_limit is None else {"watch_limit": watch_limit}
-    source = ConsulSource(cfg, wait=2.0, backoff_base=0.05, backoff_cap=0.3, **options)
+    source = ConsulSource(settings(double, wait=2.0, backoff_base=0.05, backoff_cap=0.3,
+                                   **options, **config))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -176,7 +164,7 @@ async def test_outage_keeps_last_view_then_resyncs(double: ConsulDouble,
     await until(lambda: sink.state is SourceState.STALE)
     assert sink.view == before  # nothing published: the last table keeps serving
     await asyncio.sleep(0.5)    # several retries...
-    stale = [s for s in sink.states if s[0] is SourceState.STALE]
+    stale = [s for s in sink.states if s.state is SourceState.STALE]
     assert len(stale) <= 2      # ...reported once per failing datacenter, not per retry
     # Changes made while dnsd could not see them arrive with the resync.
     double.start()
@@ -190,7 +178,7 @@ async def test_no_leader_is_an_outage(double: ConsulDouble, running: Running) ->
     _, sink = running
     double.set_leader(False)
     await until(lambda: sink.state is SourceState.STALE)
-    assert "No cluster leader" in sink.states[-1][1]
+    assert "No cluster leader" in sink.states[-1].reason
     assert sink.instances("web")
     double.set_leader(True)
     await until(lambda: sink.state is SourceState.UP)
@@ -213,13 +201,13 @@ async def test_token_is_sent(double: ConsulDouble) -> None:
 
 async def test_wrong_token_is_stale_with_reason(double: ConsulDouble) -> None:
     double.required_token = "s3cret"
-    source = ConsulSource(Config(consul=double.url, consul_token="wrong"), wait=2.0,
-                          backoff_base=0.05, backoff_cap=0.3)
+    source = ConsulSource(settings(double, consul_token="wrong", wait=2.0,
+                                   backoff_base=0.05, backoff_cap=0.3))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
         await until(lambda: sink.state is SourceState.STALE)
-        assert "permission denied" in sink.states[-1][1]
+        assert "permission denied" in sink.states[-1].reason
         assert not sink.views
     finally:
         task.cancel()
@@ -231,7 +219,7 @@ async def test_idle_request_rate_is_bounded_by_the_watch_limit(double: ConsulDou
                                                                 services: int) -> None:
     for n in range(services):
         double.register(f"svc{n}", f"svc{n}-1", node="node1", port=1000 + n)
-    source = ConsulSource(Config(consul=double.url), wait=1.0, watch_limit=16)
+    source = ConsulSource(settings(double, wait=1.0, watch_limit=16))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -302,7 +290,7 @@ def _polled_with_index(double: ConsulDouble, service: str) -> bool:
 
 
 async def test_cancel_is_prompt_during_a_long_poll(double: ConsulDouble) -> None:
-    source = ConsulSource(Config(consul=double.url), wait=60.0)
+    source = ConsulSource(settings(double, wait=60.0))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     await until(lambda: sink.state is SourceState.UP)

@@ -185,7 +185,7 @@ def test_consul_dns_knob_errors(args: list[str], error: str) -> None:
 
 
 def test_recursor_timeout_is_the_forwarders_per_try_timeout() -> None:
-    from dnsd.app import forward_settings, zone_settings
+    from dnsd.build import forward_settings, zone_settings
     default = forward_settings(load_config([], environ={})).timing
     assert (default.try_timeout, default.tcp_timeout, default.deadline) == (1.0, 1.5, 3.5)
     timing = forward_settings(load_config(["--recursor-timeout", "3"], environ={})).timing

@@ -1,4 +1,4 @@
-"""The Consul source's pure parts: index rules, backoff, diffs, JSON mapping."""
+"""The Consul source's pure parts: index rules, diffs, JSON mapping."""
 
 from __future__ import annotations
 
@@ -7,20 +7,17 @@ import random
 import pytest
 
 from dnsd.model import AddressKind, Health
-from dnsd.sources.consul import (
-    Backoff,
+from dnsd.sources.consul.parse import (
     ConsulUnavailable,
     diff_checks,
     diff_services,
     instance_from_entry,
-    next_index,
     parse_checks,
-    parse_index,
     parse_nodes,
     parse_service_list,
-    plan_watches,
-    slot_wait,
+    service_read,
 )
+from dnsd.sources.consul.watch import next_index, parse_index, plan_watches, slot_wait
 
 
 def entry(**service: object) -> dict[str, object]:
@@ -54,18 +51,6 @@ def test_parse_index_rejects_missing_or_garbage(raw: object) -> None:
 def test_next_index_follows_consul_rules(previous: int, returned: int,
                                          expected: tuple[int, bool]) -> None:
     assert next_index(previous, returned) == expected
-
-
-def test_backoff_grows_is_capped_jittered_and_resets() -> None:
-    backoff = Backoff(base=0.25, cap=4.0, rng=random.Random(7))
-    delays = [backoff.next() for _ in range(10)]
-    ceilings = [min(4.0, 0.25 * 2 ** n) for n in range(10)]
-    for delay, ceiling in zip(delays, ceilings, strict=True):
-        assert ceiling / 2 <= delay <= ceiling
-    assert max(delays) <= 4.0
-    assert len(set(delays)) == len(delays)  # jittered: no two equal
-    backoff.reset()
-    assert backoff.next() <= 0.25
 
 
 def test_instance_from_entry_maps_consul_fields() -> None:
@@ -193,3 +178,18 @@ def test_plan_watches_promotion_displaces_the_coldest() -> None:
     assert (start, stop) == (set(), set())
     # Already watched: nothing to do.
     assert plan_watches({"c", "a"}, "abcd", 2, rank, promote=["c"]) == (set(), set())  # type: ignore[arg-type]
+
+
+def test_service_read_leaves_out_only_the_entries_it_cannot_map() -> None:
+    deep: object = "bottom"
+    for _ in range(20_000):  # deeper than any repr() can go
+        deep = [deep]
+    read = service_read("web", 7, [entry(), entry(ID="web-2", Meta={"k": deep}),
+                                   entry(ID="web-3", Port="80")], "dc1")
+    assert [i.id for i in read.instances] == ["web-1"] and read.index == 7
+    assert len(read.problems) == 2 and "RecursionError" in read.problems[0]
+
+
+def test_service_list_tolerates_tags_of_the_wrong_shape() -> None:
+    assert parse_service_list({"web": {"a": 1}, "db": 5, "api": ["x"]}) == {
+        "web": frozenset(), "db": frozenset(), "api": frozenset({"x"})}
