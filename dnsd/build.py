@@ -14,13 +14,14 @@ say) instead of subclassing it. Imports: ``answer``, ``config``, ``forward``,
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dnsd.answer import Answerer, ZoneSettings
 from dnsd.config import Config
-from dnsd.forward import Forwarder, ForwardSettings
+from dnsd.forward import Forwarder, ForwardSettings, ForwardTiming
 from dnsd.handler import Handler
 from dnsd.ratelimit import RateLimiter
 from dnsd.server import Tasks, TcpLimits, connection_cap
@@ -53,17 +54,31 @@ class Parts:
 
 
 def zone_settings(cfg: Config) -> ZoneSettings:
-    """What the answer stage needs: zones, TTLs, the health rule, NS glue."""
+    """What the answer stage needs: zones, TTLs, the health rule, NS glue,
+    Consul's knobs (SOA timers, A record limit, node meta TXT, wan addresses)."""
     ns_addresses = tuple(host for host, _ in cfg.listen
                          if not ipaddress.ip_address(host).is_unspecified)
     return ZoneSettings(domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
-                        only_passing=cfg.only_passing, ns_addresses=ns_addresses)
+                        only_passing=cfg.only_passing, ns_addresses=ns_addresses,
+                        node_ttl=cfg.node_ttl, service_ttl=cfg.service_ttl,
+                        a_record_limit=cfg.a_record_limit, soa_refresh=cfg.soa_refresh,
+                        soa_retry=cfg.soa_retry, soa_expire=cfg.soa_expire,
+                        node_meta_txt=cfg.node_meta_txt,
+                        translate_wan_addrs=cfg.translate_wan_addrs)
 
 
 def forward_settings(cfg: Config) -> ForwardSettings:
     """Forwarding's own settings, taken from the whole configuration."""
+    # --recursor-timeout is the per-try UDP timeout (Consul's recursor_timeout);
+    # TCP gets its handshake on top, and the whole attempt room for one try more.
+    base = ForwardTiming()
+    timing = dataclasses.replace(
+        base, try_timeout=cfg.recursor_timeout,
+        tcp_timeout=cfg.recursor_timeout + base.tcp_timeout - base.try_timeout,
+        deadline=max(base.deadline, cfg.recursor_timeout + base.tcp_timeout))
     return ForwardSettings(upstreams=cfg.upstream, upstream_for=cfg.upstream_for,
-                           policy=cfg.upstream_policy, listen=cfg.listen, domains=cfg.domains)
+                           policy=cfg.upstream_policy, listen=cfg.listen, domains=cfg.domains,
+                           timing=timing)
 
 
 def forwarder(cfg: Config) -> Forwarder | None:
@@ -96,6 +111,8 @@ def build(cfg: Config, *, registry_sources: Sequence[Source] | None = None) -> P
                       stats=stats, timed=cfg.metrics is not None,
                       rate_limiter=rate_limiter(cfg))
     registry = list(build_sources(cfg) if registry_sources is None else registry_sources)
+    # Until a registry has been heard, a name it may know is not called absent.
+    table.expect(*(source.name for source in registry))
     return Parts(table=table, board=StatusBoard(table, stats), stats=stats,
                  answerer=answerer, forwarder=forward, handler=handler,
                  static_sources=static_sources(cfg), registry_sources=registry,

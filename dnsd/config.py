@@ -15,6 +15,7 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,6 +59,15 @@ class Config:
     upstream_policy: str = "sequential"
     ttl: int = 0
     negative_ttl: int = 0
+    node_ttl: int | None = None  # None: --ttl
+    service_ttl: tuple[tuple[str, int], ...] = ()
+    a_record_limit: int = 0
+    soa_refresh: int = 3600
+    soa_retry: int = 600
+    soa_expire: int = 86400
+    node_meta_txt: bool = True
+    translate_wan_addrs: bool = False
+    recursor_timeout: float = 1.0
     udp_answer_limit: int = 0
     allow_recursion: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     workers: int = 1
@@ -116,6 +126,27 @@ def _nonneg_int(limit: int) -> Callable[[str], int]:
             raise ValueError(f"{value} is not from 0 to {limit}")
         return value
     return parse
+
+
+def _service_ttl(text: str) -> tuple[str, int]:
+    name, sep, seconds = text.partition("=")
+    name = name.strip().lower()
+    if not sep or not name:
+        raise ValueError(f"{text!r} is not NAME=SECONDS")
+    # A prefix ("db-*") may end where a name could not; a whole name is a label.
+    if not (is_label(name) or re.fullmatch(r"[a-z0-9_-]{0,63}\*", name)):
+        raise ValueError(f"{name!r} is not a service name, a prefix ending in *, or *")
+    return name, _nonneg_int(2**31 - 1)(seconds.strip())
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 30:
+        raise ValueError(f"{text!r} is not more than 0 and at most 30 seconds")
+    return value
 
 
 def _workers(text: str) -> int:
@@ -268,10 +299,30 @@ OPTIONS: tuple[Option, ...] = (
            group=_FORWARDING),
     Option("no-forward", _text, "answer only dnsd's zones: other names get REFUSED",
            flag=True, group=_FORWARDING),
+    Option("recursor-timeout", _timeout, "seconds to wait for one upstream's reply over UDP "
+           "before trying the next (default 1)", "SECONDS", group=_FORWARDING),
     Option("ttl", _nonneg_int(2**31 - 1), "TTL of service and node answers (default 0)",
            "SECONDS", reload=True, group=_ANSWERS),
     Option("negative-ttl", _nonneg_int(2**31 - 1), "SOA minimum: TTL of NXDOMAIN/NODATA "
            "answers (default 0)", "SECONDS", reload=True, group=_ANSWERS),
+    Option("node-ttl", _nonneg_int(2**31 - 1), "TTL of node, addr and NS answers "
+           "(default --ttl)", "SECONDS", reload=True, group=_ANSWERS),
+    Option("service-ttl", _service_ttl, "TTL of one service's answers; NAME may end in * "
+           "to match a prefix, the longest winning, or be * for every service (default "
+           "--ttl)", "NAME=SECONDS", repeat=True, reload=True, group=_ANSWERS),
+    Option("a-record-limit", _nonneg_int(65535), "at most N A/AAAA records in a service "
+           "answer, rotated (default 0: all)", "N", reload=True, group=_ANSWERS),
+    Option("soa-refresh", _nonneg_int(2**31 - 1), "SOA refresh (default 3600)", "SECONDS",
+           reload=True, group=_ANSWERS),
+    Option("soa-retry", _nonneg_int(2**31 - 1), "SOA retry (default 600)", "SECONDS",
+           reload=True, group=_ANSWERS),
+    Option("soa-expire", _nonneg_int(2**31 - 1), "SOA expire (default 86400)", "SECONDS",
+           reload=True, group=_ANSWERS),
+    Option("node-meta-txt", _text, "node meta as TXT in the additional section of node and "
+           "SRV answers (default on; --node-meta-txt=no turns it off)", flag=True,
+           reload=True, group=_ANSWERS),
+    Option("translate-wan-addrs", _text, "answer instances and nodes of other datacenters "
+           "at their wan tagged addresses", flag=True, reload=True, group=_ANSWERS),
     Option("udp-answer-limit", _nonneg_int(65535), "cap on answers to non-EDNS UDP queries "
            "(default 0: no cap)", "N", reload=True, group=_ANSWERS),
     Option("only-passing", _text, "leave out instances whose checks are warning", flag=True,
