@@ -10,12 +10,10 @@ Test modules bind the fixtures by name (an import would trip ruff's F811)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -23,6 +21,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
 
+from tests.waiting import until
 from tests.zookeeper_server import ZooKeeperServer
 
 
@@ -102,11 +101,7 @@ def registrator(zookeeper: ZooKeeperServer) -> Iterator[Registrator]:
 
 async def wait_until(predicate: Callable[[], object], timeout: float = 30.0,
                      what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.002)
+    await until(predicate, timeout, what=what)
 
 
 class TcpProxy:

@@ -8,8 +8,6 @@ over real loopback sockets.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -29,6 +27,7 @@ from dnsd.sources.consul import ConsulSource
 from dnsd.sources.registry import consul_settings
 from dnsd.state import load_views
 from tests.consul_double import ConsulDouble, register_web
+from tests.waiting import until
 
 
 def quick_consul(config: Config) -> list[Source]:
@@ -61,19 +60,6 @@ async def ask(app: App, name: str, rdtype: str = "A", tcp: bool = False) -> dns.
 
 def texts(reply: dns.message.Message) -> set[str]:
     return {rd.to_text() for rrset in reply.answer for rd in rrset}
-
-
-async def until(check: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def answers(app: App, name: str, rdtype: str = "A") -> set[str]:

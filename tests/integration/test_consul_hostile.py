@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +18,7 @@ from dnsd.sources.base import SourceState
 from dnsd.sources.consul import ConsulSettings, ConsulSource
 from tests.scripted_consul import ScriptedConsul, entry
 from tests.sinks import RecordingSink
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -30,12 +30,9 @@ def consul() -> Iterator[ScriptedConsul]:
         server.close()
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
+async def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
                    what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
+    await until(predicate, timeout, what=what)
 
 
 @asynccontextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -17,6 +17,7 @@ from dnsd.sources.consul import ConsulSettings, ConsulSource
 from dnsd.sources.registry import consul_settings
 from tests.consul_double import ConsulDouble
 from tests.sinks import RecordingSink
+from tests.waiting import until
 
 
 def settings(double: ConsulDouble, **options: object) -> ConsulSettings:
@@ -27,14 +28,6 @@ def settings(double: ConsulDouble, **options: object) -> ConsulSettings:
                     **{k: v for k, v in options.items() if k not in fields})
     return dataclasses.replace(consul_settings(config),  # type: ignore[arg-type]
                                **{k: v for k, v in options.items() if k in fields})
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import dns.rcode
 import pytest
 
 from tests.consul_double import ConsulDouble
-from tests.dnsd_process import DnsdProcess
+from tests.dnsd_process import DnsdProcess, wait_until
 
 
 @pytest.fixture
@@ -88,10 +88,8 @@ def https_consul(certificate: tuple[Path, Path]) -> Iterator[str]:
 
 
 def _until_answered(proc: DnsdProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while proc.query("web.service.consul", "A").rcode() != dns.rcode.NOERROR:
-        assert time.monotonic() < deadline, proc.log
-        time.sleep(0.05)
+    wait_until(lambda: proc.query("web.service.consul", "A").rcode() == dns.rcode.NOERROR,
+               timeout, interval=0.05, what=f"an answer:\n{proc.log}")
 
 
 def test_https_consul_verified_with_the_ca_flag(https_consul: str,

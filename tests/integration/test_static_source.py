@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from dnsd.sources.base import SourceState
 from dnsd.sources.static import StaticSettings, StaticSource
 from tests.perf.workload import Registry
 from tests.sinks import RecordingSink
+from tests.waiting import until
 
 SETTINGS = StaticSettings(node_name="testnode", datacenter="dc1", poll_interval=0.02)
 
@@ -27,11 +27,8 @@ def services(*addresses: str) -> str:
                    for n, a in enumerate(addresses))
 
 
-async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    await until(predicate, timeout, what=what)
 
 
 @asynccontextmanager

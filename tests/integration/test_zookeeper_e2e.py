@@ -15,7 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.dnsd_process import DnsdProcess
+from tests.dnsd_process import DnsdProcess, wait_until
 from tests.integration import conftest_zookeeper as fixtures
 from tests.integration.conftest_zookeeper import Registrator
 from tests.zookeeper_server import ZooKeeperServer
@@ -39,14 +39,14 @@ def addresses(reply: dns.message.Message) -> set[str]:
 
 def wait_answer(proc: DnsdProcess, name: str, check: Callable[[dns.message.Message], bool],
                 rdtype: str = "A", timeout: float = 30.0) -> dns.message.Message:
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = proc.query(name, rdtype)
-        if check(reply):
-            return reply
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} {rdtype}: still {reply}\n{proc.log}")
-        time.sleep(0.005)
+    replies: list[dns.message.Message] = []
+
+    def answered() -> bool:
+        replies.append(proc.query(name, rdtype))
+        return check(replies[-1])
+
+    wait_until(answered, timeout, interval=0.005, what=f"the expected {name} {rdtype}")
+    return replies[-1]
 
 
 def test_register_a_srv_tags_and_remove(dnsd: DnsdProcess, registrator: Registrator) -> None:
@@ -103,10 +103,7 @@ def test_zookeeper_down_keeps_answering_then_catches_up(
             time.sleep(0.1)
     finally:
         zookeeper.start()
-    deadline = time.monotonic() + 20
-    while not reg.client.connected:
-        assert time.monotonic() < deadline, "registrator stand-in did not reconnect"
-        time.sleep(0.01)
+    wait_until(lambda: reg.client.connected, what="the registrator stand-in to reconnect")
     reg.register("web", "10.0.1.2", 80)
     reg.deregister("web", "10.0.1.1:80")
     wait_answer(dnsd, "web.service.consul", lambda r: addresses(r) == {"10.0.1.2"},
@@ -160,10 +157,7 @@ def test_state_dir_serves_the_saved_table_when_zookeeper_is_down_at_start(
         proc.wait_for_log(r"ZooKeeper .*: up")
         registrator.register("web", "10.0.0.7", 8080)
         wait_answer(proc, "web.service.consul", lambda r: addresses(r) == {"10.0.0.7"})
-        deadline = time.monotonic() + 30  # the save is debounced
-        while not os.path.exists(os.path.join(state, "table.json")):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: os.path.exists(os.path.join(state, "table.json")))  # debounced
     zookeeper.stop()
     try:
         with DnsdProcess(args) as proc:  # ZooKeeper is down: only the saved table can answer
