@@ -203,7 +203,12 @@ def _check(section: str, expected: str, got: list[str]) -> None:
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_case(dnsd: DnsdProcess, case: Case, tcp: bool) -> None:
-    reply = dnsd.query(case.qname, case.qtype, tcp=tcp, use_edns=0)
+    check_reply(dnsd.query(case.qname, case.qtype, tcp=tcp, use_edns=0), case)
+
+
+def check_reply(reply: dns.message.Message, case: Case) -> None:
+    """``reply`` is what ``case`` expects (shared with the in-process run of the
+    table, tests/unit/test_dns_cases_in_process.py)."""
     assert dns.rcode.to_text(reply.rcode()) == case.rcode
     assert bool(reply.flags & dns.flags.AA) == case.aa
     assert not reply.flags & dns.flags.TC
