@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.netns import process_alive
+
 DOCKER = "/usr/bin/docker"
 DOCKERD = "/usr/sbin/dockerd"
 BUSYBOX = "/bin/busybox"
@@ -93,16 +95,6 @@ def unavailable_reason() -> str | None:
 
 # --- processes and mounts left behind -------------------------------------------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _pids_mentioning(text: str) -> list[int]:
     """Processes whose command line contains ``text`` (an engine's own folder)."""
     found = []
@@ -125,7 +117,7 @@ def _end(pids: Sequence[int], timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -186,7 +178,7 @@ def sweep_stale() -> None:
     names |= {p.name for p in Path("/sys/fs/cgroup").glob("*/dnsdt-engine-*")}
     for name in sorted(names):
         match = _ENGINE_DIR.match(name)
-        if not match or _alive(int(match.group(1))):
+        if not match or process_alive(int(match.group(1))):
             continue
         folder = Path("/tmp") / name
         _end(_pids_mentioning(str(folder)), timeout=5)
@@ -200,7 +192,7 @@ def sweep_stale() -> None:
     if RESERVATIONS.is_dir():
         for mark in RESERVATIONS.iterdir():
             with contextlib.suppress(OSError, ValueError):
-                if not _alive(int(mark.read_text().strip())):
+                if not process_alive(int(mark.read_text().strip())):
                     mark.unlink()
 
 
@@ -261,7 +253,7 @@ def reserve_subnet() -> Subnet:
                 fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 with contextlib.suppress(OSError, ValueError):
-                    if not _alive(int(mark.read_text().strip())):
+                    if not process_alive(int(mark.read_text().strip())):
                         mark.unlink()
                         continue
                 break
