@@ -9,9 +9,10 @@ PORT   ?= 8600
 # A private Docker engine (docker.io; iptables, which dockerd needs even with
 # --iptables=false), busybox-static (the test containers), debootstrap (the
 # image's local base: no registry is reached) and docker-compose (the demo).
+# Chromium renders the status page headless.
 DEBS   := dnsutils dnsmasq-base zookeeperd iproute2 python3-venv musl-tools golang-go \
           unbound curl nodejs default-jre-headless openssl \
-          docker.io iptables busybox-static debootstrap docker-compose
+          docker.io iptables busybox-static debootstrap docker-compose chromium
 # The benchmark's load generator (make bench only).
 BENCH_DEBS := dnsperf dnsmasq-base
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
