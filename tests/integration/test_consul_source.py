@@ -230,12 +230,15 @@ async def test_a_long_lost_leader_is_warned_about_once(caplog: pytest.LogCapture
 
 
 async def test_consistent_reads_make_no_leader_an_outage(double: ConsulDouble) -> None:
-    async with start(double, consul_consistent=True) as (_, sink):
+    async with start(double, consul_consistent=True) as (source, sink):
         assert {mode for path, mode in double.consistency_log} == {"default"}
+        assert _contact(source, "dc1") == (0.0, 1.0)
         double.set_leader(False)
         await until(lambda: sink.state is SourceState.STALE)
         assert "No cluster leader" in sink.states[-1].reason
         assert sink.instances("web")  # the last view keeps serving
+        # No reply, no word on the leader: the datacenter's gauges are gone.
+        await until(lambda: _contact(source, "dc1") == (-1.0, -1.0))
         double.set_leader(True)
         await until(lambda: sink.state is SourceState.UP)
 

@@ -217,6 +217,9 @@ class ConsulSource:
         return f"datacenter {slot}" if slot else "local datacenter"
 
     def _failed(self, slot: str, reason: str) -> None:
+        # No reply, no word on the leader: the gauges of the datacenter go
+        # (its source state says it is stale) rather than show the last one.
+        self._contacts.pop(self._dcs[slot].name, None)
         if slot not in self._errors:
             log.warning("consul %s (%s): %s; serving the last table and retrying",
                         self.url, self._label(slot), reason)
@@ -288,10 +291,17 @@ class ConsulSource:
             self._agent_dc = await self.call(pools.fetch, consul_client.agent_datacenter)
         fresh = DcState(slot=slot, name=slot or (self._agent_dc or ""))
         reads = DcReads(self, fresh, pools)
-        (fresh.services_index, fresh.tags), (fresh.nodes_index, nodes), \
-            (fresh.checks_index, fresh.checks), _ = await asyncio.gather(
-                reads.once(reads.services), reads.once(reads.nodes), reads.once(reads.checks),
-                self._read_prepared(slot, reads))
+        # The definitions are read beside the listings, so that the first view
+        # already answers prepared query names; they never fail the resync.
+        prepared = asyncio.create_task(self._read_prepared(slot, reads))
+        try:
+            (fresh.services_index, fresh.tags), (fresh.nodes_index, nodes), \
+                (fresh.checks_index, fresh.checks) = await asyncio.gather(
+                    reads.once(reads.services), reads.once(reads.nodes),
+                    reads.once(reads.checks))
+            await prepared
+        finally:
+            prepared.cancel()
         fresh.nodes, fresh.node_values = nodes.addresses, nodes.nodes
         self.warn_nodes(fresh.name, nodes)
         for name, read in (await reads.fetch(set(fresh.tags))).items():
