@@ -232,6 +232,8 @@ class App:
             forward_cache_entries=lambda: None if forwarder is None else len(forwarder.cache),
             source_counters=lambda: {s.name: dict(getattr(s, "counters", {}))
                                      for s in self.sources if getattr(s, "counters", None)},
+            source_gauges=lambda: {s.name: tuple(getattr(s, "gauges", ()))
+                                   for s in self.sources if getattr(s, "gauges", None)},
             views=lambda: parts.table.views)
 
     # --- SIGHUP -----------------------------------------------------------------

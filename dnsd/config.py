@@ -52,6 +52,8 @@ class Config:
     consul_token: str | None = None
     consul_ca: str | None = None
     consul_datacenters: tuple[str, ...] = ()
+    consul_consistent: bool = False
+    consul_max_reply: int = 64  # MiB
     zookeeper: str | None = None
     zookeeper_datacenter: str | None = None
     upstream: tuple[HostPort, ...] | None = None  # None: from /etc/resolv.conf
@@ -137,6 +139,13 @@ def _service_ttl(text: str) -> tuple[str, int]:
     if not (is_label(name) or re.fullmatch(r"[a-z0-9_-]{0,63}\*", name)):
         raise ValueError(f"{name!r} is not a service name, a prefix ending in *, or *")
     return name, _nonneg_int(2**31 - 1)(seconds.strip())
+
+
+def _mebibytes(text: str) -> int:
+    value = _nonneg_int(4096)(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
 
 
 def _timeout(text: str) -> float:
@@ -284,6 +293,11 @@ OPTIONS: tuple[Option, ...] = (
            env=("CONSUL_CACERT",), group=_SOURCES),
     Option("consul-datacenters", _label, "remote datacenters also watched (comma list)",
            "LIST", repeat=True, group=_SOURCES),
+    Option("consul-consistent", _text, "read Consul through its leader only, so a cluster "
+           "without a leader is an outage (default: ?stale reads from any server, Consul's "
+           "allow_stale)", flag=True, group=_SOURCES),
+    Option("consul-max-reply", _mebibytes, "largest Consul reply read; a larger one fails "
+           "like an outage (default 64)", "MIB", group=_SOURCES),
     Option("zookeeper", _zookeeper, "ZooKeeper ensemble and registrator base path, e.g. "
            "zk1:2181,zk2:2181/services", "HOSTS/PATH", group=_SOURCES),
     Option("zookeeper-datacenter", _label, "datacenter of ZooKeeper instances "
@@ -484,8 +498,9 @@ def _check_environment(env: Mapping[str, str]) -> None:
 
 def _check_effects(values: Mapping[str, Any]) -> None:
     """Options that would do nothing as given are errors, not silence."""
-    if values.get("consul_datacenters") and not values.get("consul"):
-        raise ConfigError("--consul-datacenters: has no effect without --consul")
+    for key in ("consul_datacenters", "consul_consistent", "consul_max_reply"):
+        if values.get(key) and not values.get("consul"):
+            raise ConfigError(f"--{key.replace('_', '-')}: has no effect without --consul")
     if values.get("zookeeper_datacenter") and not values.get("zookeeper"):
         raise ConfigError("--zookeeper-datacenter: has no effect without --zookeeper")
     domain = values.get("domain", "consul")

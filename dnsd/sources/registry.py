@@ -61,7 +61,9 @@ def consul_settings(config: Config) -> ConsulSettings:
         raise ValueError("the Consul source needs --consul")
     return ConsulSettings(url=config.consul, token=config.consul_token or None,
                           ca=config.consul_ca, datacenters=config.consul_datacenters,
-                          agent_names_local=not config.datacenter_set)
+                          agent_names_local=not config.datacenter_set,
+                          consistent=config.consul_consistent,
+                          max_reply_bytes=config.consul_max_reply * 1024 * 1024)
 
 
 def _consul_source(settings: ConsulSettings) -> Source:
@@ -102,7 +104,7 @@ def static_settings(config: Config) -> StaticSettings:
 KINDS: tuple[SourceKind[Any], ...] = (
     SourceKind("consul",
                reads=("consul", "consul_token", "consul_ca", "consul_datacenters",
-                      "datacenter_set"),
+                      "datacenter_set", "consul_consistent", "consul_max_reply"),
                enabled=lambda config: config.consul is not None,
                settings=consul_settings, source=_consul_source,
                names_local_datacenter=True),

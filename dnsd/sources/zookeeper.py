@@ -9,6 +9,15 @@ Registrator's zookeeper adapter (``zookeeper://host:2181/<base>``) writes::
 and deletes ``<base>/<name>`` once its last instance is gone. The base path is a
 plain path, not a kazoo chroot: registrator itself uses it that way.
 
+Node meta: registrator has no notion of it (its JSON carries the container's
+``SERVICE_*`` settings as ``Attrs``, keys lower-cased, and nothing of the
+host). dnsd's convention: an ``Attrs`` key ``node_meta_<key>`` (what
+registrator writes for ``SERVICE_NODE_META_<KEY>``) sets node meta ``<key>``
+on the instance's node, for node TXT answers and prepared queries'
+``NodeMeta``. The attribute stays in the instance's meta too, so JSON that
+already carried such keys is read as before. Instances of one node that
+disagree on a key: the first (by service, then znode name) wins.
+
 This module owns the kazoo client; no other module imports kazoo. kazoo calls
 watches, request completions and state listeners on its own threads: those
 callbacks do nothing but hop to the event loop with ``call_soon_threadsafe``.
@@ -41,7 +50,7 @@ import ipaddress
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +69,17 @@ from kazoo.protocol.states import (
 )
 from kazoo.retry import KazooRetry
 
-from dnsd.model import AddressKind, Instance, View, classify_address, is_hostname, is_label
+from dnsd.model import (
+    NO_META,
+    AddressKind,
+    Instance,
+    Node,
+    View,
+    classify_address,
+    freeze_meta,
+    is_hostname,
+    is_label,
+)
 from dnsd.sources.base import Sink, SourceState
 from dnsd.sources.publisher import Publisher
 from dnsd.sources.threads import ClientThreads, LoopHop
@@ -87,6 +106,8 @@ CONNECT_GRACE = 3.0
 MAX_DATA_BYTES = 64 * 1024
 """Instance data larger than this is not parsed (registrator writes a few hundred
 bytes); the child's name serves instead."""
+NODE_META_PREFIX = "node_meta_"
+"""An ``Attrs`` key with this prefix also sets the node's meta (the rest of the key)."""
 MAX_READS_IN_FLIGHT = 128
 """Reads handed to kazoo and not yet answered; kazoo's wake-up socketpair holds
 a few hundred requests, so this keeps its writer from ever blocking."""
@@ -165,6 +186,7 @@ class Parsed:
 
     instance: Instance | None
     problem: str = ""
+    node_meta: Mapping[str, str] = NO_META  # what its ``node_meta_*`` attributes say
 
 
 def parse_instance(service: str, child: str, data: bytes, datacenter: str) -> Parsed:
@@ -240,7 +262,9 @@ def parse_instance(service: str, child: str, data: bytes, datacenter: str) -> Pa
     except ValueError as exc:  # the model's own checks (e.g. the datacenter)
         problems.append(str(exc))
         return Parsed(None, "; ".join(problems))
-    return Parsed(instance, "; ".join(problems))
+    node_meta = {key[len(NODE_META_PREFIX):]: value for key, value in meta.items()
+                 if key.startswith(NODE_META_PREFIX) and len(key) > len(NODE_META_PREFIX)}
+    return Parsed(instance, "; ".join(problems), freeze_meta(node_meta))
 
 
 def _meta_text(value: str | int | float | bool) -> str:
@@ -633,9 +657,20 @@ class _Watcher:
             self._set_state(SourceState.UP)
 
     def view(self) -> View:
-        """The view of the tree as currently known (instances being read left out)."""
-        instances = [parsed.instance
-                     for service in sorted(self._services)
-                     for _, parsed in sorted(self._services[service].items())
-                     if parsed is not None and parsed.instance is not None]
-        return View(tuple(instances))
+        """The view of the tree as currently known (instances being read left
+        out), with the nodes whose instances name node meta."""
+        instances: list[Instance] = []
+        metas: dict[str, dict[str, str]] = {}
+        for service in sorted(self._services):
+            for _, parsed in sorted(self._services[service].items()):
+                if parsed is None or parsed.instance is None:
+                    continue
+                instances.append(parsed.instance)
+                if parsed.node_meta:
+                    known = metas.setdefault(parsed.instance.node, {})
+                    for key, value in parsed.node_meta.items():
+                        known.setdefault(key, value)
+        # No address: the table takes the node's address from its instances.
+        nodes = tuple(Node(name, self.source.datacenter, meta=meta)
+                      for name, meta in sorted(metas.items()))
+        return View(tuple(instances), nodes)

@@ -29,9 +29,17 @@ class Case:
     authority: str = ""
     additional: str = ""
     aa: bool = True
+    transport: str = ""  # "udp" or "tcp": asked over that one only; "": both
 
     def __str__(self) -> str:
         return f"{self.qname} {self.qtype}"
+
+
+def over_each_transport(cases: list[Case]) -> list[object]:
+    """(case, tcp) pairs: each case over UDP and TCP, or the one it names."""
+    return [pytest.param(case, tcp, id=f"{case}-{'tcp' if tcp else 'udp'}")
+            for case in cases for tcp in (False, True)
+            if case.transport in ("", "tcp" if tcp else "udp")]
 
 
 CASES = [
@@ -50,7 +58,10 @@ CASES = [
         web.service.dc1.consul. 0 IN SRV 1 2 8081 0a01000d.addr.dc1.consul.""", additional="""
         0a01000b.addr.dc1.consul. 0 IN A 10.1.0.11
         0a01000c.addr.dc1.consul. 0 IN A 10.1.0.12
-        0a01000d.addr.dc1.consul. 0 IN A 10.1.0.13"""),
+        0a01000d.addr.dc1.consul. 0 IN A 10.1.0.13
+        node1.node.dc1.consul. 0 IN TXT "rack=r1"
+        node1.node.dc1.consul. 0 IN TXT "zone=a"
+        """),
     Case("web.service.consul.", "AAAA", authority=SOA),
     Case("web.service.consul.", "TXT", authority=SOA),
     # tags, and RFC 2782 names (only _tcp is no tag filter: _udp is a tag, as in Consul)
@@ -67,7 +78,10 @@ CASES = [
          additional="""
         0a01000b.addr.dc1.consul. 0 IN A 10.1.0.11
         0a01000c.addr.dc1.consul. 0 IN A 10.1.0.12
-        0a01000d.addr.dc1.consul. 0 IN A 10.1.0.13"""),
+        0a01000d.addr.dc1.consul. 0 IN A 10.1.0.13
+        node1.node.dc1.consul. 0 IN TXT "rack=r1"
+        node1.node.dc1.consul. 0 IN TXT "zone=a"
+        """),
     Case("_web._udp.service.consul.", "SRV", "NXDOMAIN", authority=SOA),
     # RFC 2782 without .service, asked SRV (as Consul reads it)
     Case("_web._tcp.consul.", "SRV", answer="""
@@ -76,7 +90,10 @@ CASES = [
         _web._tcp.consul. 0 IN SRV 1 2 8081 0a01000d.addr.dc1.consul.""", additional="""
         0a01000b.addr.dc1.consul. 0 IN A 10.1.0.11
         0a01000c.addr.dc1.consul. 0 IN A 10.1.0.12
-        0a01000d.addr.dc1.consul. 0 IN A 10.1.0.13"""),
+        0a01000d.addr.dc1.consul. 0 IN A 10.1.0.13
+        node1.node.dc1.consul. 0 IN TXT "rack=r1"
+        node1.node.dc1.consul. 0 IN TXT "zone=a"
+        """),
     Case("_db._primary.dc1.consul.", "SRV", answer="""
         _db._primary.dc1.consul. 0 IN SRV 1 1 5432 0a020001.addr.dc1.consul.""",
          additional="0a020001.addr.dc1.consul. 0 IN A 10.2.0.1"),
@@ -84,7 +101,11 @@ CASES = [
     # <dc>.dc locality forms; cluster peers are not served
     Case("v2.web.service.dc1.dc.consul.", "A",
          answer="v2.web.service.dc1.dc.consul. 0 IN A 10.1.0.12"),
-    Case("node1.node.dc1.dc.consul.", "A", answer="node1.node.dc1.dc.consul. 0 IN A 10.0.0.1"),
+    Case("node1.node.dc1.dc.consul.", "A", answer="node1.node.dc1.dc.consul. 0 IN A 10.0.0.1",
+         additional="""
+        node1.node.dc1.dc.consul. 0 IN TXT "rack=r1"
+        node1.node.dc1.dc.consul. 0 IN TXT "zone=a"
+        """),
     Case("web.service.p1.peer.consul.", "A", "NXDOMAIN", authority=SOA),
     Case("nosuchtag.web.service.consul.", "A", "NXDOMAIN", authority=SOA),
     Case("x.y.web.service.consul.", "A", "NXDOMAIN", authority=SOA),
@@ -96,7 +117,10 @@ CASES = [
         api.service.consul. 0 IN SRV 1 1 9090 fd000000000000000000000000000012.addr.dc1.consul.""",
          additional="""
         node1.node.dc1.consul. 0 IN A 10.0.0.1
-        fd000000000000000000000000000012.addr.dc1.consul. 0 IN AAAA fd00::12"""),
+        fd000000000000000000000000000012.addr.dc1.consul. 0 IN AAAA fd00::12
+        node1.node.dc1.consul. 0 IN TXT "rack=r1"
+        node1.node.dc1.consul. 0 IN TXT "zone=a"
+        """),
     # health: critical never, warning yes; all critical is NXDOMAIN
     Case("db.service.consul.", "A", answer="""
         db.service.consul. 0 IN A 10.2.0.1
@@ -137,8 +161,26 @@ CASES = [
     Case("self.service.consul.", "SRV",
          answer="self.service.consul. 0 IN SRV 1 1 7000 node2.node.dc1.consul.",
          additional="node2.node.dc1.consul. 0 IN A 10.0.0.2"),
-    # nodes
-    Case("node1.node.consul.", "A", answer="node1.node.consul. 0 IN A 10.0.0.1"),
+    # nodes, with their meta as TXT records (Consul's node meta): alone, beside
+    # the address in the additional section, and in ANY (over UDP one RRset,
+    # RFC 8482 4.1); a node without meta has no TXT (NODATA)
+    Case("node1.node.consul.", "A", answer="node1.node.consul. 0 IN A 10.0.0.1",
+         additional="""
+        node1.node.consul. 0 IN TXT "rack=r1"
+        node1.node.consul. 0 IN TXT "zone=a"
+        """),
+    Case("node1.node.consul.", "TXT", answer="""
+        node1.node.consul. 0 IN TXT "rack=r1"
+        node1.node.consul. 0 IN TXT "zone=a"
+        """),
+    Case("node1.node.dc1.consul.", "ANY", transport="tcp", answer="""
+        node1.node.dc1.consul. 0 IN A 10.0.0.1
+        node1.node.dc1.consul. 0 IN TXT "rack=r1"
+        node1.node.dc1.consul. 0 IN TXT "zone=a"
+        """),
+    Case("node1.node.dc1.consul.", "ANY", transport="udp",
+         answer="node1.node.dc1.consul. 0 IN A 10.0.0.1"),
+    Case("node2.node.consul.", "TXT", authority=SOA),
     Case("node1.node.dc1.consul.", "AAAA", authority=SOA),
     Case("node3.node.consul.", "AAAA", answer="node3.node.consul. 0 IN AAAA fd00::3"),
     Case("nonode.node.consul.", "A", "NXDOMAIN", authority=SOA),
@@ -164,7 +206,10 @@ CASES = [
         web.service.dc1.alt. 0 IN SRV 1 2 8081 0a01000d.addr.dc1.alt.""", additional="""
         0a01000b.addr.dc1.alt. 0 IN A 10.1.0.11
         0a01000c.addr.dc1.alt. 0 IN A 10.1.0.12
-        0a01000d.addr.dc1.alt. 0 IN A 10.1.0.13"""),
+        0a01000d.addr.dc1.alt. 0 IN A 10.1.0.13
+        node1.node.dc1.alt. 0 IN TXT "rack=r1"
+        node1.node.dc1.alt. 0 IN TXT "zone=a"
+        """),
     Case("nope.service.alt.", "A", "NXDOMAIN", authority=SOA_ALT),
     # PTR for addresses in the table: one name, a node's first, TTL 0
     Case("1.0.0.10.in-addr.arpa.", "PTR",
@@ -200,8 +245,7 @@ def _check(section: str, expected: str, got: list[str]) -> None:
     assert not remaining, f"{section}: unexpected {remaining}"
 
 
-@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize(("case", "tcp"), over_each_transport(CASES))
 def test_case(dnsd: DnsdProcess, case: Case, tcp: bool) -> None:
     check_reply(dnsd.query(case.qname, case.qtype, tcp=tcp, use_edns=0), case)
 
@@ -231,7 +275,11 @@ def nested() -> Iterator[DnsdProcess]:
 NESTED_SOA = "test.consul. 3 IN SOA ns.test.consul. hostmaster.test.consul. * 100 10 1000 3"
 NESTED = [
     # the most specific zone wins: node1.node in test.consul, not node1.node.test
-    Case("node1.node.test.consul.", "A", answer="node1.node.test.consul. 7 IN A 10.0.0.1"),
+    Case("node1.node.test.consul.", "A", answer="node1.node.test.consul. 7 IN A 10.0.0.1",
+         additional="""
+        node1.node.test.consul. 7 IN TXT "rack=r1"
+        node1.node.test.consul. 7 IN TXT "zone=a"
+        """),
     Case("nope.node.test.consul.", "A", "NXDOMAIN", authority=NESTED_SOA),
     Case("replica.db.service.test.consul.", "A",
          answer="replica.db.service.test.consul. 30 IN A 10.2.0.2"),
@@ -244,8 +292,7 @@ NESTED = [
 ]
 
 
-@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
-@pytest.mark.parametrize("case", NESTED, ids=str)
+@pytest.mark.parametrize(("case", "tcp"), over_each_transport(NESTED))
 def test_nested_zone_and_knobs(nested: DnsdProcess, case: Case, tcp: bool) -> None:
     test_case(nested, case, tcp)
 

@@ -78,6 +78,21 @@ def test_register_a_srv_tags_and_remove(dnsd: DnsdProcess, registrator: Registra
     wait_answer(dnsd, "web.service.consul", lambda r: r.rcode() == dns.rcode.NXDOMAIN)
 
 
+def test_node_meta_attributes_answer_node_txt(dnsd: DnsdProcess,
+                                              registrator: Registrator) -> None:
+    # registrator's Attrs for SERVICE_NODE=host1 and SERVICE_NODE_META_RACK=r1
+    registrator.register("meta", "10.0.3.1", 80,
+                         attrs={"node": "host1", "node_meta_rack": "r1", "version": "1"})
+    reply = wait_answer(dnsd, "host1.node.consul", lambda r: bool(r.answer), "TXT")
+    assert [rd.to_text() for rrset in reply.answer for rd in rrset] == ['"rack=r1"']
+    srv = dnsd.query("meta.service.consul", "SRV")
+    assert {rd.to_text() for rrset in srv.additional if rrset.rdtype == dns.rdatatype.TXT
+            for rd in rrset} == {'"rack=r1"'}
+    assert addresses(dnsd.query("host1.node.consul")) == {"10.0.3.1"}
+    registrator.deregister("meta", "10.0.3.1:80")
+    wait_answer(dnsd, "host1.node.consul", lambda r: r.rcode() == dns.rcode.NXDOMAIN, "TXT")
+
+
 def test_ipv6_and_malformed_nodes(dnsd: DnsdProcess, registrator: Registrator) -> None:
     reg = registrator
     reg.create("api", "fd00::7:443", b"")                 # no JSON: the name serves

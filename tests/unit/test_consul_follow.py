@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import pytest
 
-from dnsd.model import Instance
+from dnsd.model import Instance, Node
 from dnsd.sources.consul.follow import DcState, Follower
 from dnsd.sources.consul.parse import (
     Checks,
@@ -124,6 +124,35 @@ async def test_a_moved_node_rereads_its_services_and_publishes_the_node() -> Non
     assert [n.address for n in h.state.node_values] == ["10.0.0.99", "10.0.0.2"]
     h.follower.on_nodes(12, moved, reset=False)
     assert h.published == 1  # nothing moved: nothing to publish
+
+
+async def test_node_meta_or_tagged_address_changes_publish_without_rereads() -> None:
+    h = Harness({"web": (inst("web", "node1"),)})
+    listing = [{"Node": "node1", "Address": "10.0.0.1"}, {"Node": "node2", "Address": "10.0.0.2"}]
+    h.follower.on_nodes(11, node_list(listing, "dc1"), reset=False)
+    published = h.published
+    listing[0] = {**listing[0], "Meta": {"rack": "r2"}}
+    h.follower.on_nodes(12, node_list(listing, "dc1"), reset=False)
+    assert h.published == published + 1 and h.follower.pending == set()
+    listing[1] = {**listing[1], "TaggedAddresses": {"lan_ipv6": "fd00::2"}}
+    h.follower.on_nodes(13, node_list(listing, "dc1"), reset=False)
+    assert h.published == published + 2 and h.follower.pending == set()
+    assert dict(h.state.node_values[1].tagged_addresses) == {"lan_ipv6": "fd00::2"}
+
+
+def test_nodes_only_a_service_read_has_shown_are_published_until_listed() -> None:
+    state = synced({})
+    state.node_values = (Node("node1", "dc1", "10.0.0.1", {"rack": "listed"}),)
+    assert state.store("web", 6, (inst("web", "node1"), inst("web", "node3")), nodes=(
+        Node("node1", "dc1", "10.0.0.1", {"rack": "older"}),
+        Node("node3", "dc1", "10.0.0.3", {"rack": "r3"})))
+    # The listing wins for the nodes it has; a node it lacks comes from the read.
+    assert [(n.name, n.meta["rack"]) for n in state.published_nodes()] == [
+        ("node1", "listed"), ("node3", "r3")]
+    # The same instances, a node's meta changed: a change worth publishing.
+    assert state.store("web", 7, (inst("web", "node1"), inst("web", "node3")), nodes=(
+        Node("node3", "dc1", "10.0.0.3", {"rack": "r4"}),))
+    assert state.store("web", 8, ()) and state.published_nodes() == list(state.node_values)
 
 
 async def test_check_changes_name_services_and_the_services_on_a_node() -> None:

@@ -49,6 +49,14 @@ def test_settings_carry_what_the_configuration_says() -> None:
         consul_settings(load_config([]))
 
 
+def test_consul_reads_stale_with_a_64_mib_bound_unless_told_otherwise() -> None:
+    plain = consul_settings(load_config(["--consul", "127.0.0.1:8500"], environ={}))
+    assert not plain.consistent and plain.max_reply_bytes == 64 * 1024 * 1024
+    told = consul_settings(load_config(["--consul", "127.0.0.1:8500", "--consul-consistent",
+                                        "--consul-max-reply", "256"], environ={}))
+    assert told.consistent and told.max_reply_bytes == 256 * 1024 * 1024
+
+
 @pytest.mark.parametrize(("args", "fixed"), [
     ([], True),                                               # no registry: dc1 it is
     (["--zookeeper", "zk:2181"], True),                       # ZooKeeper cannot say

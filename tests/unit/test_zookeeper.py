@@ -146,6 +146,18 @@ def test_node_from_json_or_attrs() -> None:
     assert "node" in bad.problem
 
 
+def test_node_meta_from_node_meta_attrs() -> None:
+    # What registrator writes for SERVICE_NODE_META_RACK=r1 and SERVICE_NODE=host1.
+    parsed = parse_instance("web", "10.0.0.5:8080", body(Attrs={
+        "node": "host1", "node_meta_rack": "r1", "node_meta_": "no key", "version": "2"}), "dc1")
+    assert parsed.instance is not None and parsed.instance.node == "host1"
+    assert dict(parsed.node_meta) == {"rack": "r1"}
+    # The attributes stay the instance's meta, as they were before.
+    assert dict(parsed.instance.meta) == {"node": "host1", "node_meta_rack": "r1",
+                                          "node_meta_": "no key", "version": "2"}
+    assert dict(parse_instance("web", "10.0.0.5:8080", body(), "dc1").node_meta) == {}
+
+
 def test_bad_tags_and_attrs_are_dropped_not_fatal() -> None:
     parsed = parse_instance("web", "10.0.0.5:8080",
                             body(Tags="http", Attrs=["x"]), "dc1")

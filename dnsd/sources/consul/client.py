@@ -12,6 +12,7 @@ request, so it is not used. Imports: python-consul2, ``requests``,
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ import requests
 from dnsd.sources.consul.parse import (
     Checks,
     ConsulUnavailable,
+    Definitions,
     NodeList,
     ServiceRead,
     Tags,
+    definitions,
     node_list,
     parse_checks,
     parse_service_list,
@@ -153,50 +156,126 @@ def describe(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Contact:
+    """How current the server that answered a read was (Consul's ``QueryMeta``,
+    sent as ``X-Consul-KnownLeader`` and ``X-Consul-LastContact``): whether it
+    knew a leader, and how long before replying it last heard from one (0 when
+    the leader itself answered)."""
+
+    known_leader: bool = True
+    last_contact: float = 0.0  # seconds
+
+
+def contact_of(headers: Mapping[str, str]) -> Contact:
+    """The :class:`Contact` a reply's headers state; missing or garbled
+    headers (an agent too old to send them) count as a current leader."""
+    known = str(headers.get("X-Consul-KnownLeader", "true")).strip().lower() != "false"
+    try:
+        milliseconds = float(str(headers.get("X-Consul-LastContact", "0")))
+    except ValueError:
+        milliseconds = 0.0
+    if not milliseconds >= 0:  # negative, or NaN
+        milliseconds = 0.0
+    return Contact(known, milliseconds / 1000.0)
+
+
+Raw = tuple[object, object, Contact]
+"""What one GET gives: the raw ``X-Consul-Index``, the decoded body (None for
+a 404) and the reply's :class:`Contact`."""
+
+
+def _raw(response: Any) -> Raw:
+    """python-consul2's callback for every read dnsd makes: its status rules
+    (4xx and 5xx raise; a 404 is no body), then the body and the headers."""
+    consul.base.CB._status(response)
+    data = None if response.code == 404 else json.loads(response.body)
+    headers = response.headers
+    return headers.get("X-Consul-Index"), data, contact_of(headers)
+
+
+Ask = Callable[[Client, int | None, str | None], Raw]
+
+
+def get(path: str, dc: str | None, stale: bool) -> Ask:
+    """A GET of ``path`` in datacenter ``dc`` (None: the agent's), blocking
+    from an index for at most a wait when given one.
+
+    ``stale``: any server may answer (Consul's ``allow_stale``), so reads go
+    on while the cluster has no leader. Sent as ``?stale`` on every read
+    through the HTTP client itself: python-consul2's ``health.*`` and
+    ``query.list`` cannot send it whatever the client's consistency setting.
+    """
+
+    def ask(client: Client, index: int | None, wait: str | None) -> Raw:
+        params: list[tuple[str, str]] = [("dc", dc)] if dc else []
+        if index:
+            params.append(("index", str(index)))
+            if wait:
+                params.append(("wait", wait))
+        if stale:
+            params.append(("stale", "1"))
+        headers = {"X-Consul-Token": client.token} if client.token else None
+        result: Raw = client.http.get(_raw, path=path, params=params, headers=headers)
+        return result
+
+    return ask
+
+
+Reply = tuple[int, T | None, Contact]
+"""A read's result: the reply's index, its data mapped (None when the index did
+not move: an unchanged reply is not worth mapping), and its :class:`Contact`."""
+
+
+@dataclass(frozen=True, slots=True)
 class Query(Generic[T]):
-    """One endpoint dnsd follows: how to ask python-consul2 for it, and how to
-    map its reply (given the reply's index) to model values."""
+    """One endpoint dnsd reads: how to ask for it, and how to map its reply
+    (given the reply's index) to model values."""
 
-    ask: Callable[[Client, int | None, str | None], tuple[object, object]]
+    ask: Ask
     mapping: Callable[[int, object], T]
+    indexed: bool = True  # False: the endpoint sends no meaningful X-Consul-Index
 
-    def job(self, index: int = 0, wait: str | None = None) -> Job[tuple[int, T | None]]:
-        """A read from ``index`` (0: a full, non-blocking one) for at most
-        ``wait``: (the reply's index, its data mapped, or None when the index
-        did not move, since an unchanged reply is not worth mapping)."""
-        ask, mapping = self.ask, self.mapping
+    def job(self, index: int = 0, wait: str | None = None) -> Job[Reply[T]]:
+        """A read from ``index`` (0: a full, non-blocking one) for at most ``wait``."""
+        ask, mapping, indexed = self.ask, self.mapping, self.indexed
 
-        def run(client: Client) -> tuple[int, T | None]:
-            raw, data = ask(client, index or None, wait)
-            returned = parse_index(raw)
+        def run(client: Client) -> Reply[T]:
+            raw, data, contact = ask(client, index or None, wait)
+            returned = parse_index(raw) if indexed else 1
             if index and returned == index:
-                return returned, None
-            return returned, mapping(returned, data)
+                return returned, None, contact
+            return returned, mapping(returned, data), contact
 
         return run
 
 
-def catalog_services(dc: str | None) -> Query[Tags]:
-    return Query(lambda c, i, w: c.catalog.services(index=i, wait=w, dc=dc),
+def catalog_services(dc: str | None, stale: bool) -> Query[Tags]:
+    return Query(get("/v1/catalog/services", dc, stale),
                  lambda _, data: parse_service_list(data))
 
 
-def catalog_nodes(dc: str | None, dc_name: str) -> Query[NodeList]:
+def catalog_nodes(dc: str | None, dc_name: str, stale: bool) -> Query[NodeList]:
     """``/v1/catalog/nodes`` of datacenter ``dc``, its nodes put in ``dc_name``."""
-    return Query(lambda c, i, w: c.catalog.nodes(index=i, wait=w, dc=dc),
+    return Query(get("/v1/catalog/nodes", dc, stale),
                  lambda _, data: node_list(data, dc_name))
 
 
-def health_checks(dc: str | None) -> Query[Checks]:
-    return Query(lambda c, i, w: c.health.state("any", index=i, wait=w, dc=dc),
-                 lambda _, data: parse_checks(data))
+def health_checks(dc: str | None, stale: bool) -> Query[Checks]:
+    return Query(get("/v1/health/state/any", dc, stale), lambda _, data: parse_checks(data))
 
 
-def health_service(name: str, dc: str | None, dc_name: str) -> Query[ServiceRead]:
+def health_service(name: str, dc: str | None, dc_name: str, stale: bool) -> Query[ServiceRead]:
     """``/v1/health/service/<name>`` of datacenter ``dc`` (None: the agent's),
     its instances put in datacenter ``dc_name``."""
-    return Query(lambda c, i, w: c.health.service(name, index=i, wait=w, dc=dc),
+    return Query(get(f"/v1/health/service/{name}", dc, stale),
                  lambda index, entries: service_read(name, index, entries, dc_name))
+
+
+def prepared_queries(dc: str | None, stale: bool) -> Query[Definitions]:
+    """``/v1/query`` of datacenter ``dc``: its prepared query definitions.
+    Not a blocking endpoint (Consul ignores ``index`` there): read whole."""
+    return Query(get("/v1/query", dc, stale), lambda _, data: definitions(data),
+                 indexed=False)
 
 
 def agent_datacenter(client: Client) -> str:

@@ -43,26 +43,47 @@ class DcState:
     checks_index: int = 0
     tags: Tags = field(default_factory=dict)
     nodes: Nodes = field(default_factory=dict)
-    node_values: tuple[Node, ...] = ()  # the nodes as published
+    node_values: tuple[Node, ...] = ()  # the nodes as /v1/catalog/nodes lists them
     checks: Checks = field(default_factory=dict)
     instances: dict[str, tuple[Instance, ...]] = field(default_factory=dict)
+    service_nodes: dict[str, tuple[Node, ...]] = field(default_factory=dict)  # per service read
     indexes: dict[str, int] = field(default_factory=dict)  # per service, of the read kept
     changed_at: dict[str, int] = field(default_factory=dict)  # per service: sweep that saw it
     sweeps: int = 0
     synced: bool = False
 
     def store(self, name: str, index: int, group: tuple[Instance, ...],
-              force: bool = False) -> bool:
-        """Keep a read of one service unless a newer one is known; True if it changed."""
+              force: bool = False, nodes: tuple[Node, ...] = ()) -> bool:
+        """Keep a read of one service (its instances and their nodes) unless a
+        newer one is known; True if it changed."""
         if not force and index < self.indexes.get(name, 0):
             return False  # a slow read overtaken by a newer one
         self.indexes[name] = index
         before = self.instances.get(name, ())
+        before_nodes = self.service_nodes.get(name, ())
         if group:
             self.instances[name] = group
         else:
             self.instances.pop(name, None)
-        return before != group
+        if nodes:
+            self.service_nodes[name] = nodes
+        else:
+            self.service_nodes.pop(name, None)
+        return before != group or before_nodes != nodes
+
+    def published_nodes(self) -> list[Node]:
+        """The nodes to publish: as the node listing has them, then any node
+        only a service read has shown so far (registered with its first
+        service, the listing's long-poll not back yet), so that its meta and
+        tagged addresses answer from the start."""
+        nodes = list(self.node_values)
+        listed = {node.name for node in nodes}
+        for name in sorted(self.service_nodes):
+            for node in self.service_nodes[name]:
+                if node.name not in listed:
+                    listed.add(node.name)
+                    nodes.append(node)
+        return nodes
 
     def rank(self, name: str) -> tuple[int, int, str]:
         """Watch priority (lowest first): most recently swept-and-changed, then
@@ -141,15 +162,17 @@ class Follower:
 
     def on_nodes(self, index: int, listing: NodeList, reset: bool) -> None:
         """``/v1/catalog/nodes`` moved: re-read the services on nodes whose
-        address changed (the nodes themselves are published too)."""
+        address changed (instances carry it); publish the nodes when any
+        changed (their meta and tagged addresses live on the nodes alone)."""
         self._forget_indexes(reset)
         state = self.state
         nodes = listing.addresses
         moved = {n for n in state.nodes.keys() | nodes.keys()
                  if state.nodes.get(n) != nodes.get(n)}
+        changed = moved or state.node_values != listing.nodes
         state.nodes, state.node_values = nodes, listing.nodes
         self.want(state.services_on(moved))
-        if moved:
+        if changed:
             self.changed()
 
     def on_checks(self, index: int, checks: Checks, reset: bool) -> None:
@@ -163,7 +186,7 @@ class Follower:
 
     def on_service(self, name: str, index: int, read: ServiceRead, reset: bool) -> None:
         """A watched service's own long-poll returned with a change."""
-        if self.state.store(name, index, read.instances, force=reset):
+        if self.state.store(name, index, read.instances, force=reset, nodes=read.nodes):
             self.changed()
 
     def _forget_indexes(self, reset: bool) -> None:
@@ -187,7 +210,7 @@ class Follower:
         if not names:
             return
         fetched = await self.reads.fetch(names)
-        if any([self.state.store(n, read.index, read.instances)
+        if any([self.state.store(n, read.index, read.instances, nodes=read.nodes)
                 for n, read in fetched.items()]):
             self.changed()
 
@@ -202,7 +225,7 @@ class Follower:
         state.sweeps += 1
 
         def found(name: str, read: ServiceRead) -> None:
-            if state.store(name, read.index, read.instances):
+            if state.store(name, read.index, read.instances, nodes=read.nodes):
                 self.counters["swept_changes"] += 1
                 state.changed_at[name] = state.sweeps
                 # What changed unannounced is likely to again: watch it.
