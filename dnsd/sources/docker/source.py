@@ -51,7 +51,7 @@ class DockerSettings:
     concurrency: int = 8              # inspects in flight
     max_instances: int = 1024         # per container
     backoff_base: float = 0.25
-    backoff_cap: float = 10.0
+    backoff_cap: float = 2.0         # a retry is one ping: cheap, and the engine is near
 
 
 EngineFactory = Callable[[DockerSettings], Engine]
