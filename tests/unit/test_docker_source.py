@@ -26,7 +26,7 @@ from dnsd.sources.docker.engine import (
     Inspected,
     name_container,
 )
-from dnsd.sources.docker.follow import event_target
+from dnsd.sources.docker.follow import RECHECK_BATCH, event_target
 from dnsd.sources.registry import build_sources, docker_settings
 from tests.sinks import RecordingSink
 
@@ -409,6 +409,22 @@ async def test_pause_is_critical_and_paused_containers_are_read_again_without_ev
     rechecks = running.source.counters["rechecks"]
     await running.settle()
     assert running.source.counters["rechecks"] == rechecks  # nothing left to recheck
+
+
+async def test_rechecks_come_in_small_batches_oldest_first(engine: FakeEngine,
+                                                           running: Running) -> None:
+    """A host full of paused containers: each recheck reads a few, those read
+    longest ago, so an event's read never queues behind all of them."""
+    paused = engine.add(*(container(n, "paused", labels={"SERVICE_NAME": "p"})
+                          for n in range(40)))
+    await running.start()
+    engine.inspected.clear()
+    await running.wait(lambda: len(engine.inspected) >= 40)
+    first_forty = engine.inspected[:40]
+    assert sorted(first_forty) == sorted(paused)  # every one once before any twice
+    rechecks = running.source.counters["rechecks"]
+    await asyncio.sleep(FAST.recheck_interval * 0.5)
+    assert running.source.counters["rechecks"] - rechecks <= RECHECK_BATCH
 
 
 async def test_a_starting_healthcheck_is_read_again_until_it_settles(

@@ -28,9 +28,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import docker
 from docker.errors import APIError, NotFound
 
-import docker
 from dnsd.sources.docker.engine import (
     CONTAINER_ACTIONS,
     NETWORK_ACTIONS,

@@ -23,6 +23,7 @@ Imports: ``sources.docker.engine``, ``sources.docker.naming``.
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -36,6 +37,8 @@ from dnsd.sources.docker.engine import (
 )
 from dnsd.sources.docker.naming import ContainerInstances, Problem
 
+RECHECK_BATCH = 8
+"""Containers re-read per recheck interval, at most (they are a safety net)."""
 GONE_ACTIONS = frozenset({"die", "destroy"})
 """Actions after which a container serves nothing, whatever an inspect says later."""
 
@@ -75,15 +78,18 @@ class Follower:
 
     def __init__(self, engine: Engine, *, changed: Callable[[], None],
                  report: Callable[[ContainerInstances], None],
-                 counters: dict[str, int], recheck_interval: float = 1.0) -> None:
+                 counters: dict[str, int], recheck_interval: float = 1.0,
+                 recheck_batch: int = RECHECK_BATCH) -> None:
         self._engine = engine
         self._changed = changed
         self._report = report
         self._counters = counters
         self._recheck_interval = recheck_interval
+        self._recheck_batch = max(1, recheck_batch)
         self._loop = asyncio.get_running_loop()
         self.containers: dict[str, ContainerInstances] = {}  # running ones, by id
-        self._rechecks: set[str] = set()     # ids whose health may change without an event
+        # ids whose health may change without an event -> when last read (loop time)
+        self._rechecks: dict[str, float] = {}
         self._wanted: dict[str, int] = {}    # id -> generation of the latest request
         self._sent: dict[str, int] = {}      # id -> generation of the inspect in flight
         self._idle: asyncio.Future[None] | None = None
@@ -158,10 +164,12 @@ class Follower:
     def landed(self, container_id: str, generation: int,
                done: asyncio.Future[Inspected]) -> None:
         """An inspect came back: apply it, or ask again if an event came since."""
+        # Retrieved even when closed: asyncio would log every failure of a
+        # lost session's reads as never retrieved.
+        error = done.exception() if not done.cancelled() else EngineUnavailable("cancelled")
         if self._closed:
             return
         del self._sent[container_id]
-        error = done.exception() if not done.cancelled() else EngineUnavailable("cancelled")
         if isinstance(error, EngineUnavailable):
             self.fail(str(error))
             return
@@ -172,7 +180,7 @@ class Follower:
         if isinstance(error, ContainerUnreadable):
             # Keep what it had; the recheck reads it again later.
             self._counters["unreadable"] += 1
-            self._rechecks.add(container_id)
+            self._rechecks[container_id] = self._loop.time()
             name = container_id[:12]
             known = self.containers.get(container_id)
             if known is not None:
@@ -193,13 +201,13 @@ class Follower:
         result = inspected.result
         if result is None or not inspected.running:
             self.containers.pop(container_id, None)
-            self._rechecks.discard(container_id)
+            self._rechecks.pop(container_id, None)
         else:
             self.containers[container_id] = result
             if inspected.recheck:
-                self._rechecks.add(container_id)
+                self._rechecks[container_id] = self._loop.time()
             else:
-                self._rechecks.discard(container_id)
+                self._rechecks.pop(container_id, None)
         if result is not None:
             self._report(result)
         had = before.instances if before is not None else ()
@@ -209,7 +217,7 @@ class Follower:
 
     def _drop(self, container_id: str) -> None:
         before = self.containers.pop(container_id, None)
-        self._rechecks.discard(container_id)
+        self._rechecks.pop(container_id, None)
         if before is not None and before.instances:
             self._changed()
 
@@ -221,12 +229,15 @@ class Follower:
 
     def recheck(self) -> None:
         """Inspect again the containers whose state may change with no event
-        (Docker sends none when pausing turns a container unhealthy)."""
+        (Docker sends none when pausing turns a container unhealthy): those
+        read longest ago, a batch at a time, so that a host full of paused
+        containers does not queue its events' reads behind them."""
         self._recheck_timer = None
         if self._closed:
             return
-        for container_id in sorted(self._rechecks):
-            if container_id not in self._sent:
-                self._counters["rechecks"] += 1
-                self.refresh(container_id)
+        idle = ((read_at, container_id) for container_id, read_at in self._rechecks.items()
+                if container_id not in self._sent)
+        for _, container_id in heapq.nsmallest(self._recheck_batch, idle):
+            self._counters["rechecks"] += 1
+            self.refresh(container_id)
         self._schedule_recheck()

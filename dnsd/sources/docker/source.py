@@ -133,8 +133,10 @@ class DockerSource:
                             counters=self._counters, recheck_interval=settings.recheck_interval)
         subscription: Subscription | None = None
         pinger: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
         try:
             await engine.ping()
+            started = loop.time()
             subscription = await engine.subscribe(follower.on_event)
             subscription.ended.add_done_callback(
                 lambda ended: follower.fail(ended.result() if not ended.cancelled()
@@ -149,8 +151,9 @@ class DockerSource:
             self.publisher.report(SourceState.UP, key="up")
             backoff.reset()
             serving = sum(len(c.instances) for c in follower.containers.values())
-            log.info("docker %s: %s; %d running containers, %d instances", self.url,
-                     "back" if recovered else "synced", len(follower.containers), serving)
+            log.info("docker %s: %s in %.3f s: %d running containers, %d instances", self.url,
+                     "back" if recovered else "synced", loop.time() - started,
+                     len(follower.containers), serving)
             pinger = asyncio.create_task(self._ping(engine, follower))
             reason = await follower.lost
             raise EngineUnavailable(reason)
