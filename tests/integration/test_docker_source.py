@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import json
 import secrets
 import urllib.error
@@ -30,10 +31,13 @@ import dns.rcode
 import pytest
 
 from dnsd.state import state_path
+from tests.consul_double import ConsulDouble
 from tests.dnsd_process import DnsdProcess, wait_until
 from tests.docker_engine import Container, Engine, Healthcheck, Network, reserve_subnet
 from tests.docker_engine import unavailable_reason as docker_unavailable_reason
+from tests.integration.conftest_zookeeper import Registrator
 from tests.upstreams import free_port
+from tests.zookeeper_server import ZooKeeperServer
 
 REASON = docker_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"DOCKER NOT RUN: {REASON}")
@@ -298,6 +302,27 @@ def test_one_table_with_a_static_file(lab: Lab, boxes: Callable[..., Container])
     wait_for(lambda: addresses(lab.dnsd, "db") == {STATIC_ADDRESS, box.address()})
     states = {k.split(":")[0]: v["state"] for k, v in lab.table()["sources"].items()}
     assert states == {"static": "up", "docker": "up"}
+
+
+def test_one_table_with_every_kind_of_source(lab: Lab, boxes: Callable[..., Container],
+                                            tmp_path: Path) -> None:
+    """Docker, a services file, Consul and registrator's ZooKeeper tree: one
+    service name, an instance from each, all answered together."""
+    box = boxes(labels={"SERVICE_NAME": "shared"})
+    static = tmp_path / "shared.toml"
+    static.write_text('[[services]]\nname = "shared"\naddress = "192.0.2.61"\nport = 80\n')
+    with contextlib.ExitStack() as stack:
+        consul = stack.enter_context(ConsulDouble())
+        consul.register("shared", "shared-1", address="192.0.2.62", port=80)
+        zookeeper = stack.enter_context(ZooKeeperServer())
+        registrator = Registrator(zookeeper.hosts, "/services")
+        stack.callback(registrator.close)
+        registrator.register("shared", "192.0.2.63", 80)
+        dnsd = stack.enter_context(DnsdProcess(
+            [*lab.args, "--static", str(static), "--consul", consul.url, "--zookeeper",
+             f"{zookeeper.hosts}/services", "--datacenter", "dc1"]))
+        wanted = {box.address(), "192.0.2.61", "192.0.2.62", "192.0.2.63"}
+        wait_for(lambda: addresses(dnsd, "shared") == wanted)
 
 
 # --- a client container -------------------------------------------------------------------
