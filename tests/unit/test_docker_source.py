@@ -338,6 +338,24 @@ async def test_start_and_stop_are_followed(engine: FakeEngine, running: Running)
     assert running.source.counters["events"] == 3
 
 
+async def test_propagation_is_measured_from_the_event(engine: FakeEngine,
+                                                      running: Running) -> None:
+    """The sink hears when the event reached the source, not when the read
+    that followed it landed: dnsd_propagation_seconds covers the inspect."""
+    await running.start()
+    assert running.sink.observed == [None]  # the listing: no event behind it
+    (one,) = engine.add(web(1))
+    engine.hold = True
+    sent = asyncio.get_running_loop().time()
+    engine.emit(event(one, "start"))
+    await asyncio.sleep(0.02)
+    engine.hold = False
+    engine.release()
+    await running.wait(lambda: running.addresses("web") == {"10.9.0.1"})
+    observed = running.sink.observed[-1]
+    assert observed is not None and sent <= observed < sent + 0.01
+
+
 async def test_die_takes_the_instances_out_before_the_inspect_lands(
         engine: FakeEngine, running: Running) -> None:
     (one,) = engine.add(web(1))

@@ -71,12 +71,14 @@ def event_target(event: Mapping[str, Any]) -> tuple[str, str, str] | None:
 class Follower:
     """One session's knowledge of the engine's running containers.
 
-    ``changed`` is called whenever what the containers serve changed;
+    ``changed`` is called whenever what the containers serve changed, with
+    the loop time the engine's event that led to it arrived (None for what no
+    event asked for: the listing, a recheck);
     ``report`` with every container's named result as it lands (for its
     warnings). ``counters`` is the source's, counted into.
     """
 
-    def __init__(self, engine: Engine, *, changed: Callable[[], None],
+    def __init__(self, engine: Engine, *, changed: Callable[[float | None], None],
                  report: Callable[[ContainerInstances], None],
                  counters: dict[str, int], recheck_interval: float = 1.0,
                  recheck_batch: int = RECHECK_BATCH) -> None:
@@ -92,6 +94,7 @@ class Follower:
         self._rechecks: dict[str, float] = {}
         self._wanted: dict[str, int] = {}    # id -> generation of the latest request
         self._sent: dict[str, int] = {}      # id -> generation of the inspect in flight
+        self._since: dict[str, float] = {}   # id -> when the first event not yet applied came
         self._idle: asyncio.Future[None] | None = None
         self._recheck_timer: asyncio.TimerHandle | None = None
         self.lost: asyncio.Future[str] = self._loop.create_future()
@@ -143,8 +146,10 @@ class Follower:
             # A container being created joins its networks before it starts;
             # its start event reads it then. Only running ones move networks.
             return
+        now = self._loop.time()
         if action in GONE_ACTIONS:
-            self._drop(container_id)
+            self._drop(container_id, now)
+        self._since.setdefault(container_id, now)
         self.refresh(container_id)
 
     def refresh(self, container_id: str) -> None:
@@ -177,6 +182,7 @@ class Follower:
             self._send(container_id)  # outdated: the container changed since it was read
             return
         del self._wanted[container_id]
+        since = self._since.pop(container_id, None)
         if isinstance(error, ContainerUnreadable):
             # Keep what it had; the recheck reads it again later.
             self._counters["unreadable"] += 1
@@ -191,12 +197,12 @@ class Follower:
             self.fail(f"inspecting {container_id[:12]}: {error!r}")
             return
         else:
-            self._apply(container_id, done.result())
+            self._apply(container_id, done.result(), since)
         self._schedule_recheck()
         if not self._sent and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
-    def _apply(self, container_id: str, inspected: Inspected) -> None:
+    def _apply(self, container_id: str, inspected: Inspected, since: float | None) -> None:
         before = self.containers.get(container_id)
         result = inspected.result
         if result is None or not inspected.running:
@@ -213,13 +219,13 @@ class Follower:
         had = before.instances if before is not None else ()
         now = result.instances if result is not None and inspected.running else ()
         if had != now:
-            self._changed()
+            self._changed(since)
 
-    def _drop(self, container_id: str) -> None:
+    def _drop(self, container_id: str, at: float) -> None:
         before = self.containers.pop(container_id, None)
         self._rechecks.pop(container_id, None)
         if before is not None and before.instances:
-            self._changed()
+            self._changed(at)
 
     # --- rechecks ----------------------------------------------------------------------
 

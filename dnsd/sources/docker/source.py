@@ -184,8 +184,12 @@ class DockerSource:
             return None
         return build_view(follower.containers.values())
 
-    def _changed(self) -> None:
+    def _changed(self, event_at: float | None) -> None:
+        """The view changed; ``event_at`` is when the event behind it reached
+        dnsd, which ``dnsd_propagation_seconds`` measures from."""
         if self._publisher is not None:
+            if event_at is not None:
+                self._publisher.observe(event_at)
             self._publisher.changed()
 
     def _report(self, result: ContainerInstances) -> None:
