@@ -508,6 +508,17 @@ async def test_bad_labels_cost_their_port_only_with_one_warning_each(
     assert len(caplog.records) == 2 and running.source.counters["warnings"] == 2
 
 
+async def test_one_warning_per_container_and_label(engine: FakeEngine, running: Running,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dnsd.docker")
+    bad = ",".join(f"v1.{n}" for n in range(5000))
+    engine.add(web(1, SERVICE_TAGS=f"ok,{bad}"))
+    await running.start()
+    assert [i.tags for i in running.served("web")] == [("ok",)]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "app-1" in line and "label SERVICE_TAGS" in line and "(and 4999 more)" in line
+
+
 async def test_many_containers_some_bad(engine: FakeEngine, running: Running,
                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="dnsd.docker")

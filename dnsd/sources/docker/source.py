@@ -25,7 +25,7 @@ from dnsd.sources.backoff import Backoff
 from dnsd.sources.base import Sink, SourceState
 from dnsd.sources.docker.engine import Engine, EngineUnavailable, Subscription
 from dnsd.sources.docker.follow import Follower
-from dnsd.sources.docker.naming import ContainerInstances, NamingSettings, build_view
+from dnsd.sources.docker.naming import ContainerInstances, NamingSettings, Problem, build_view
 from dnsd.sources.publisher import Publisher
 
 log = logging.getLogger("dnsd.docker")
@@ -198,9 +198,15 @@ class DockerSource:
         publisher = self._publisher
         if publisher is None:
             return
+        # One line per container and label (or field): a SERVICE_TAGS of
+        # thousands of bad tags is one problem to fix, not thousands of lines.
+        by_source: dict[str, list[Problem]] = {}
         for problem in result.problems:
-            if publisher.warn_once((result.container_id, problem.source, problem.message),
-                                   "docker: %s", problem):
+            by_source.setdefault(problem.source, []).append(problem)
+        for source, problems in by_source.items():
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            if publisher.warn_once((result.container_id, source), "docker: %s%s",
+                                   problems[0], more):
                 self._counters["warnings"] += 1
         if result.reason.startswith("no address"):
             publisher.warn_once((result.container_id, "reason", result.reason),
