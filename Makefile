@@ -69,7 +69,7 @@ test: deps $(VENV)/.tested lint
 # 3 minutes, plus one more the first time (the image's local base is made).
 test-docker: deps $(VENV)/.tested
 	$(BIN)/python -m pytest -q -m '' tests/integration/test_docker_engine.py \
-		tests/integration/test_docker.py \
+		tests/integration/test_docker.py tests/integration/test_docker_source.py \
 		tests/integration/test_docker_image.py tests/integration/test_docker_compose.py
 
 bench: bench-deps $(VENV)/.tested

@@ -56,6 +56,9 @@ class Config:
     consul_max_reply: int = 64  # MiB
     zookeeper: str | None = None
     zookeeper_datacenter: str | None = None
+    docker: str | None = None  # the engine's URL; None: off
+    docker_published: str | None = None
+    docker_network: str | None = None
     upstream: tuple[HostPort, ...] | None = None  # None: from /etc/resolv.conf
     upstream_for: tuple[tuple[str, HostPort], ...] = ()
     upstream_policy: str = "sequential"
@@ -215,6 +218,54 @@ def _zookeeper(text: str) -> str:
     return text
 
 
+DOCKER_SOCKET = "unix:///var/run/docker.sock"
+"""The engine a bare ``--docker`` watches when ``DOCKER_HOST`` is not set."""
+_DOCKER_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _docker(text: str) -> str:
+    """``unix:///PATH`` (or a bare absolute path) or ``tcp://HOST:PORT``, normalised.
+
+    Plain ``http://`` is taken as ``tcp://``, as the docker client does. TLS
+    (``https://``, ``DOCKER_TLS_VERIFY``) and ``ssh://`` are not supported."""
+    if text.startswith("/"):
+        text = f"unix://{text}"
+    parsed = urlparse(text)
+    if parsed.scheme == "unix":
+        path = parsed.netloc + parsed.path if parsed.netloc else parsed.path
+        if not path.startswith("/") or parsed.query or parsed.fragment:
+            raise ValueError(f"{text!r} is not unix:///PATH")
+        return f"unix://{path}"
+    if parsed.scheme in ("tcp", "http"):
+        try:
+            port = parsed.port
+        except ValueError:
+            raise ValueError(f"{text!r} has a bad port") from None
+        if not parsed.hostname or port is None or parsed.path.strip("/") or parsed.query:
+            raise ValueError(f"{text!r} is not tcp://HOST:PORT")
+        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+        return f"tcp://{host}:{port}"
+    raise ValueError(f"{text!r} is not unix:///PATH or tcp://HOST:PORT (TLS and ssh:// "
+                     "are not supported)")
+
+
+def _docker_published(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if address.is_unspecified:
+        raise ValueError(f"{text!r} is where ports are bound, not an address clients "
+                         "can reach; name the host's own address")
+    return str(address)
+
+
+def _docker_network(text: str) -> str:
+    if not _DOCKER_NETWORK.fullmatch(text):
+        raise ValueError(f"{text!r} is not a Docker network name")
+    return text
+
+
 def _level(text: str) -> str:
     level = text.lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -259,6 +310,7 @@ class Option:
     repeat: bool = False          # repeatable flag; list in TOML; comma list in env
     flag: bool = False            # boolean switch
     env: Sequence[str] = ()       # extra environment names after DNSD_<NAME>
+    bare: bool = False            # may be given without a value (``--docker``): see _convert
     reload: bool = False          # SIGHUP applies a change; otherwise it needs a restart
     group: str = ""               # the --help section it is listed in
 
@@ -302,6 +354,15 @@ OPTIONS: tuple[Option, ...] = (
            "zk1:2181,zk2:2181/services", "HOSTS/PATH", group=_SOURCES),
     Option("zookeeper-datacenter", _label, "datacenter of ZooKeeper instances "
            "(default --datacenter)", "NAME", group=_SOURCES),
+    Option("docker", _docker, "watch a Docker engine and serve its containers: "
+           "unix:///PATH or tcp://HOST:PORT; without a value DOCKER_HOST, else "
+           f"{DOCKER_SOCKET}", "URL", bare=True, group=_SOURCES),
+    Option("docker-published", _docker_published, "serve containers at their published "
+           "host ports on this address instead of their own addresses", "ADDR",
+           group=_SOURCES),
+    Option("docker-network", _docker_network, "the network whose address a container is "
+           "served at when it has several (default: the first by name)", "NAME",
+           group=_SOURCES),
     Option("upstream", _upstream, "where other names go (default: nameservers of "
            "/etc/resolv.conf)", "ADDR[:PORT]", repeat=True, group=_FORWARDING),
     Option("upstream-for", _upstream_for, "per-domain upstream, like dnsmasq "
@@ -420,19 +481,31 @@ def build_parser() -> argparse.ArgumentParser:
         if opt.flag:  # --query-log, or --query-log=yes/no as the environment allows
             group.add_argument(f"--{opt.name}", nargs="?", const="true", metavar="BOOL",
                                help=help_text)
+        elif opt.bare:  # --docker, or --docker URL
+            group.add_argument(f"--{opt.name}", nargs="?", const="true",
+                               metavar=opt.metavar, help=help_text)
         else:
             group.add_argument(f"--{opt.name}", metavar=opt.metavar, help=help_text,
                                action="append" if opt.repeat else "store")
     return parser
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
 def _bool(text: str, where: str) -> bool:
     lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in _TRUE:
         return True
-    if lowered in ("0", "false", "no", "off", ""):
+    if lowered in _FALSE:
         return False
     raise ConfigError(f"{where}: {text!r} is not true or false")
+
+
+BARE = ""
+"""The value of an option given without one (``--docker``, ``docker = true``);
+:func:`load_config` replaces it with what it stands for."""
 
 
 def _convert(opt: Option, raw: Any, where: str) -> Any:
@@ -444,6 +517,13 @@ def _convert(opt: Option, raw: Any, where: str) -> Any:
             if isinstance(raw, str):
                 return _bool(raw, where)
             raise ValueError("must be true or false")
+        if opt.bare:
+            # A switch and a value at once: true/false (a bare flag is "true")
+            # turn it on with its default or off; anything else is the value.
+            if isinstance(raw, bool):
+                return BARE if raw else None
+            if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+                return BARE if _bool(raw, where) else None
         if opt.repeat:
             items: list[Any]
             if isinstance(raw, str):
@@ -503,6 +583,9 @@ def _check_effects(values: Mapping[str, Any]) -> None:
             raise ConfigError(f"--{key.replace('_', '-')}: has no effect without --consul")
     if values.get("zookeeper_datacenter") and not values.get("zookeeper"):
         raise ConfigError("--zookeeper-datacenter: has no effect without --zookeeper")
+    for key in ("docker_published", "docker_network"):
+        if values.get(key) and values.get("docker") is None:
+            raise ConfigError(f"--{key.replace('_', '-')}: has no effect without --docker")
     domain = values.get("domain", "consul")
     alt = values.get("alt_domain")
     for forwarded, _addr in values.get("upstream_for", ()):
@@ -512,6 +595,19 @@ def _check_effects(values: Mapping[str, Any]) -> None:
                                   f"{zone}, which is never forwarded")
     if values.get("no_forward") and (values.get("upstream") or values.get("upstream_for")):
         raise ConfigError("--no-forward: conflicts with --upstream and --upstream-for")
+
+
+def docker_default(env: Mapping[str, str]) -> str:
+    """The engine a bare ``--docker`` means: ``DOCKER_HOST`` when set, else the
+    default socket. ``DOCKER_HOST`` alone never turns the source on: many
+    users have it set for their docker client."""
+    host = env.get("DOCKER_HOST", "").strip()
+    if not host:
+        return DOCKER_SOCKET
+    try:
+        return _docker(host)
+    except ValueError as exc:
+        raise ConfigError(f"DOCKER_HOST (for --docker): {exc}") from None
 
 
 def default_node_name() -> str:
@@ -550,6 +646,8 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
                       tuple(ipaddress.ip_network(c) for c in DEFAULT_ALLOW_RECURSION))
     values.setdefault("node_name", default_node_name())
     values["datacenter_set"] = "datacenter" in values
+    if values.get("docker") == BARE:
+        values["docker"] = docker_default(env)
     values["config_file"] = config_file
     if values.get("alt_domain") and values.get("alt_domain") == values.get("domain", "consul"):
         raise ConfigError("--alt-domain: must differ from --domain")

@@ -30,6 +30,7 @@ from dnsd.sources.base import Source
 
 if TYPE_CHECKING:
     from dnsd.sources.consul import ConsulSettings
+    from dnsd.sources.docker import DockerSettings
     from dnsd.sources.static import StaticSettings
     from dnsd.sources.zookeeper import ZooKeeperSettings
 
@@ -90,6 +91,25 @@ def _zookeeper_source(settings: ZooKeeperSettings) -> Source:
     return ZooKeeperSource(settings)
 
 
+# --- Docker -------------------------------------------------------------------------
+
+
+def docker_settings(config: Config) -> DockerSettings:
+    from dnsd.sources.docker import DockerSettings, NamingSettings
+
+    if config.docker is None:
+        raise ValueError("the Docker source needs --docker")
+    return DockerSettings(url=config.docker, naming=NamingSettings(
+        node=config.node_name, datacenter=config.datacenter,
+        published=config.docker_published, network=config.docker_network))
+
+
+def _docker_source(settings: DockerSettings) -> Source:
+    from dnsd.sources.docker import DockerSource
+
+    return DockerSource(settings)
+
+
 # --- static services files ----------------------------------------------------------
 
 
@@ -112,6 +132,11 @@ KINDS: tuple[SourceKind[Any], ...] = (
                reads=("zookeeper", "zookeeper_datacenter", "datacenter"),
                enabled=lambda config: bool(config.zookeeper),
                settings=zookeeper_settings, source=_zookeeper_source),
+    SourceKind("docker",
+               reads=("docker", "docker_published", "docker_network", "node_name",
+                      "datacenter"),
+               enabled=lambda config: config.docker is not None,
+               settings=docker_settings, source=_docker_source),
 )
 
 def build_sources(config: Config) -> list[Source]:

@@ -536,3 +536,12 @@ def test_view_is_ordered_by_container_name() -> None:
         "host1:multi:80", "host1:multi:8080", "host1:paused:80",
         "host1:udp:53:udp", "host1:udp:80"]
     assert build_view(reversed(results)) == view
+
+
+def test_a_label_of_many_tags_keeps_their_order_without_repeats() -> None:
+    """Tens of thousands of tags in one label: each kept once, in the written
+    order (a quadratic de-duplication took seconds here, holding the GIL)."""
+    written = [f"t{i}" for i in range(20000)]
+    data = variant("health-healthy", labels={"SERVICE_TAGS": ",".join([*written, "t7", "t1"])})
+    (instance,) = container_instances(data, INTERNAL).instances
+    assert list(instance.tags) == written

@@ -94,6 +94,7 @@ def test_only_the_registry_reads_the_configuration() -> None:
 
 @pytest.mark.parametrize(("library", "home"), [
     ("consul", "consul/client.py"), ("requests", "consul/client.py"), ("kazoo", "zookeeper"),
+    ("docker", "docker/client.py"),
 ])
 def test_each_client_library_is_imported_by_its_source_only(library: str, home: str) -> None:
     users = {path.relative_to(SOURCES).as_posix() for path in SOURCES.rglob("*.py")

@@ -493,15 +493,17 @@ def _tags(setting: _Setting | None, protocol: str, ctx: _Context) -> tuple[str, 
     ``<tag>.<name>.service`` or ``_<name>._<tag>`` query, so it is dropped
     with a warning instead of being served as a promise no lookup keeps.
     """
-    tags: list[str] = []
+    # A dict keeps the written order and drops repeats in linear time: a
+    # label may hold tens of thousands of tags.
+    tags: dict[str, None] = {}
     if setting is not None:
         for tag in split_tags(setting.value):
             if not is_label(tag):
                 ctx.problem(setting.origin, f"tag {tag!r} is not a DNS label; dropped")
-            elif tag not in tags:
-                tags.append(tag)
-    if protocol == "udp" and "udp" not in tags:
-        tags.append("udp")
+            else:
+                tags[tag] = None
+    if protocol == "udp":
+        tags["udp"] = None
     return tuple(tags)
 
 
