@@ -1,37 +1,43 @@
-"""The app: wires config, sources, table, answerer, forwarder, handler and
-servers together, and runs the lifecycle (start, reload on SIGHUP, graceful
-shutdown on SIGTERM/SIGINT). The only module that knows every other one.
+"""The app: runs one dnsd process's lifecycle. It starts the parts ``build``
+wired (read the services files, restore the saved table, bind, start the
+sources), applies SIGHUP (the configuration's reloadable part, the services
+files), and shuts down gracefully on SIGTERM/SIGINT (stop taking queries, let
+replies in flight go out, then stop the rest).
+
+It builds nothing itself beyond what the lifecycle needs: the parts come from
+``build`` (or from the caller), the Sink is ``status.StatusBoard``, sockets come
+from ``listen``. Imports: ``answer``, ``build``, ``config``, ``errors``,
+``forward``, ``handler``, ``hostport``, ``listen``, ``logs``, ``metrics``,
+``sdnotify``, ``server``, ``signals``, ``sources``, ``state``, ``status``,
+``table``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import ipaddress
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from dnsd import logs
-from dnsd.answer import Answerer, ZoneSettings
+from dnsd import build, logs, sdnotify
+from dnsd.answer import Answerer
 from dnsd.config import RESTART_ONLY, Config
-from dnsd.errors import DnsdError, StateFileError
-from dnsd.forward import Forwarder, ForwardSettings
+from dnsd.errors import DnsdError, ServicesFileError, StateFileError
+from dnsd.forward import Forwarder
 from dnsd.handler import Handler
 from dnsd.hostport import format_hostport
 from dnsd.listen import Listener, bind_error, bind_pair, listen
 from dnsd.metrics import MetricsInputs, MetricsServer
-from dnsd.model import View
-from dnsd.ratelimit import RateLimiter
-from dnsd.server import Tasks, TcpLimits, connection_cap
 from dnsd.signals import STOP as STOP_SIGNALS
 from dnsd.signals import PendingSignals
+from dnsd.sources.backoff import Backoff
 from dnsd.sources.base import Source, SourceState
 from dnsd.sources.static import StaticSource
 from dnsd.state import StateSaver, load_views
-from dnsd.stats import QueryStats
-from dnsd.table import Snapshot, Table
+from dnsd.status import SourceStatus, StatusBoard
+from dnsd.table import Table
 
 log = logging.getLogger("dnsd")
 
@@ -39,14 +45,7 @@ SHUTDOWN_GRACE = 2.0
 SOURCE_RESTART_DELAY = 1.0
 
 
-@dataclass
-class SourceStatus:
-    state: SourceState = SourceState.SYNCING
-    reason: str = ""
-    has_data: bool = False  # a view (live or restored from --state-dir) is being served
-
-
-@dataclass
+@dataclasses.dataclass
 class App:
     """One dnsd process."""
 
@@ -54,144 +53,68 @@ class App:
     worker: int = 0  # index among --workers processes; worker 0 serves --metrics
     # Re-reads flags, environment and config file on SIGHUP (None: static files only).
     reload_config: Callable[[], Config] | None = None
-    table: Table = field(init=False)
-    statuses: dict[str, SourceStatus] = field(default_factory=dict)
-    listeners: list[Listener] = field(default_factory=list)
+    # How long a crashed source waits before it runs again (grows while it keeps crashing).
+    restart_backoff: Callable[[], Backoff] = lambda: Backoff(SOURCE_RESTART_DELAY, 60.0)
+    parts: build.Parts | None = None  # what to run; built from ``config`` when not given
+    listeners: list[Listener] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        cfg = self.config
-        fixed = cfg.datacenter_set or cfg.consul is None
-        self.table = Table(cfg.datacenter, datacenter_fixed=fixed)
-        self.tasks = Tasks()
-        # Raises the open-files limit where allowed; never more connections than fit.
-        self.tcp_limits = TcpLimits(max_connections=connection_cap())
-        self.static_sources = [StaticSource(path, cfg.node_name, cfg.datacenter)
-                               for path in cfg.static]
-        self.sources: list[Source] = [*self.static_sources, *self._registry_sources()]
-        for source in self.sources:
-            self.statuses[source.name] = SourceStatus()
-        self.forwarder = self._forwarder()
-        self.answerer = Answerer(zone_settings(cfg))
-        self.stats = QueryStats()
-        self.handler = Handler(self.table, self.answerer, self.forwarder,
-                               cfg.allow_recursion, udp_answer_limit=cfg.udp_answer_limit,
-                               log_queries=cfg.query_log, stats=self.stats,
-                               timed=cfg.metrics is not None,
-                               rate_limiter=RateLimiter(cfg.rate_limit) if cfg.rate_limit
-                               else None)
+        if self.parts is None:
+            self.parts = build.build(self.config)
         self.metrics: MetricsServer | None = None
         self.metrics_address: tuple[str, int] = ("", 0)
         self.saver: StateSaver | None = None
         self.state_error = ""
-        self._source_tasks: list[asyncio.Task[None]] = []
+        self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
-        self.table.subscribe(self._swapped)
+        for source in self.sources:
+            self.board.add(source.name)
 
-    # --- construction helpers ------------------------------------------------
+    # --- the parts, by name ---------------------------------------------------
 
-    def _registry_sources(self) -> list[Source]:
-        sources: list[Source] = []
-        if self.config.consul:
-            from dnsd.sources.consul import ConsulSource
+    @property
+    def _parts(self) -> build.Parts:
+        assert self.parts is not None
+        return self.parts
 
-            sources.append(ConsulSource(self.config))
-        if self.config.zookeeper:
-            from dnsd.sources.zookeeper import ZooKeeperSource
+    @property
+    def table(self) -> Table:
+        return self._parts.table
 
-            sources.append(ZooKeeperSource(self.config))
-        return sources
+    @property
+    def board(self) -> StatusBoard:
+        return self._parts.board
 
-    def _forwarder(self) -> Forwarder | None:
-        if self.config.no_forward:
-            return None
-        forwarder = Forwarder(forward_settings(self.config))
-        return forwarder if forwarder.enabled else None
+    @property
+    def handler(self) -> Handler:
+        return self._parts.handler
 
-    # --- the Sink the sources report to -------------------------------------
+    @property
+    def forwarder(self) -> Forwarder | None:
+        return self._parts.forwarder
 
-    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
-        status = self.statuses.setdefault(source, SourceStatus())
-        status.has_data = True
-        self.table.publish(source, view)
-        if observed_at is not None:
-            lag = asyncio.get_running_loop().time() - observed_at
-            self.stats.observe_propagation(max(0.0, lag))
+    @property
+    def sources(self) -> list[Source]:
+        return self._parts.sources
 
-    def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
-        status = self.statuses.setdefault(source, SourceStatus())
-        if status.state is state and status.reason == reason:
-            return
-        status.state, status.reason = state, reason
-        # Each source logs its own state changes, with the detail it knows;
-        # a second line here would say the same thing twice.
-        log.debug("source %s is %s%s", source, state.value, f": {reason}" if reason else "")
-
-    def _swapped(self, snapshot: Snapshot) -> None:
-        log.info("table version %d: %d services, %d instances, %d nodes",
-                 snapshot.version, len(snapshot.services), snapshot.instance_count,
-                 len(snapshot.nodes))
+    @property
+    def statuses(self) -> dict[str, SourceStatus]:
+        return self.board.statuses
 
     @property
     def ready(self) -> tuple[bool, str]:
-        """Ready once every source has served a view (live or restored)."""
-        waiting = [name for name, s in self.statuses.items() if not s.has_data]
-        if waiting:
-            return False, "waiting for " + ", ".join(sorted(waiting))
-        return True, "ok"
+        return self.board.ready
 
     # --- lifecycle ------------------------------------------------------------
-
-    def load_static(self) -> None:
-        """Read the services files now: a bad one stops startup (raises)."""
-        for source in self.static_sources:
-            self.publish(source.name, source.load())
-
-    def metrics_inputs(self) -> MetricsInputs:
-        return MetricsInputs(
-            stats=self.stats, table=self.table, statuses=lambda: self.statuses,
-            ready=lambda: self.ready, before_scrape=self.handler.flush_stats,
-            forwarder_stats=lambda: getattr(self.forwarder, "stats", None),
-            upstreams=lambda: [] if self.forwarder is None else [
-                (str(u), not u.down, u.queries, u.failures)
-                for u in self.forwarder.upstreams.values()],
-            forward_cache_entries=lambda: None if self.forwarder is None
-            else len(self.forwarder.cache),
-            source_counters=lambda: {s.name: dict(getattr(s, "counters", {}))
-                                     for s in self.sources if getattr(s, "counters", None)},
-            views=lambda: self.table.views)
-
-    def restore_state(self) -> None:
-        """``--state-dir``: serve the saved views of the registry sources until
-        they sync, and save the table after each change (worker 0 only)."""
-        if not self.config.state_dir:
-            return
-        registry = {s.name for s in self.sources if s not in self.static_sources}
-        try:
-            saved = load_views(self.config.state_dir)
-        except StateFileError as exc:
-            log.warning("%s", exc)
-            self.state_error = str(exc)
-            saved = {}
-        restored = {name: view for name, view in saved.items() if name in registry}
-        if restored:
-            for name in restored:
-                self.statuses[name].has_data = True
-            self.table.publish_many(restored)
-            log.info("serving the saved table of %s until it syncs",
-                     ", ".join(sorted(restored)))
-        if self.worker == 0 and registry:
-            saver = StateSaver(self.config.state_dir, lambda: {
-                name: view for name, view in self.table.views.items() if name in registry})
-            self.saver = saver
-            self.table.subscribe(saver.notify)
 
     async def start(self) -> None:
         """Read the services files, restore the saved table, bind every socket,
         then say where dnsd serves and start the sources. A bad file or an
         address that cannot be bound raises a one-line DnsdError before any
         line says dnsd is serving, and leaves nothing open."""
-        self.load_static()
-        self.restore_state()  # before binding: the first answers already use it
+        for static in self._parts.static_sources:  # a bad file stops the start
+            self.board.publish(static.name, static.load())
+        self._restore_state()  # before binding: the first answers already use it
         try:
             await self._bind_all()
         except BaseException:
@@ -207,44 +130,87 @@ class App:
                      " (IPv6 only: add --listen 0.0.0.0:PORT for IPv4)"
                      if listener.host == "::" else "")
         if self.metrics is not None:
-            host, port = self.metrics_address
-            log.info("metrics on http://%s/metrics", format_hostport(host, port))
+            log.info("metrics on http://%s/metrics", format_hostport(*self.metrics_address))
         if not self.sources:
             log.warning("no source (--static, --consul, --zookeeper): every service name "
                         "is NXDOMAIN; dnsd only forwards")
         if self.forwarder is not None:
             await self.forwarder.start()
         for source in self.sources:
-            self._source_tasks.append(asyncio.create_task(self._supervise(source)))
+            self._run(source)
+        sdnotify.notify("READY=1")  # systemd Type=notify: listeners are bound and answering
+
+    def _run(self, source: Source) -> None:
+        self._source_tasks[source.name] = asyncio.create_task(self._supervise(source))
+
+    def _restore_state(self) -> None:
+        """``--state-dir``: serve the saved views of the registry sources until
+        they sync, and save the table after each change (worker 0 only)."""
+        if not self.config.state_dir:
+            return
+        registry = {s.name for s in self._parts.registry_sources}
+        try:
+            saved = load_views(self.config.state_dir)
+        except StateFileError as exc:
+            log.warning("%s", exc)
+            self.state_error = str(exc)
+            saved = {}
+        restored = {name: view for name, view in saved.items() if name in registry}
+        if restored:
+            self.board.restored(restored)
+            log.info("serving the saved table of %s until it syncs",
+                     ", ".join(sorted(restored)))
+        if self.worker == 0 and registry:
+            table = self.table
+            saver = StateSaver(self.config.state_dir, lambda: {
+                name: view for name, view in table.views.items() if name in registry})
+            self.saver = saver
+            table.subscribe(saver.notify)
 
     async def _supervise(self, source: Source) -> None:
-        """Run a source forever; a source that crashes is logged and restarted."""
+        """Run a source forever; a source that crashes is logged and restarted,
+        later each time while it keeps crashing (its traceback logged once)."""
+        backoff = self.restart_backoff()
+        loop = asyncio.get_running_loop()
+        last = ""
         while True:
+            started = loop.time()
             try:
-                await source.run(self)
+                await source.run(self.board)
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("source %s failed; restarting it", source.name)
-                self.set_state(source.name, SourceState.STALE, "internal error")
-                await asyncio.sleep(SOURCE_RESTART_DELAY)
+            except Exception as exc:
+                if loop.time() - started > backoff.cap:
+                    backoff.reset()  # it ran well for a while: this is a new failure
+                delay = backoff.next()
+                if repr(exc) == last:
+                    log.error("source %s failed again (%r); restarting it in %.2f s",
+                              source.name, exc, delay)
+                else:
+                    log.exception("source %s failed; restarting it in %.2f s",
+                                  source.name, delay)
+                last = repr(exc)
+                self.board.set_state(source.name, SourceState.STALE, "internal error")
+                await asyncio.sleep(delay)
 
     async def _bind_all(self) -> None:
         """Bind every DNS address, then the metrics one; raise ListenError if one fails."""
         pairs = []
         try:
             for host, port in self.config.listen:
-                pairs.append(bind_pair(host, port, reuse_port=self.config.workers > 1))
+                pairs.append(bind_pair(host, port, reuse_port=self.config.workers > 1,
+                                       freebind=self.config.freebind))
         except BaseException:
             for udp, tcp in pairs:
                 udp.close()
                 tcp.close()
             raise
+        parts = self._parts
         for (host, _), pair in zip(self.config.listen, pairs, strict=True):
             self.listeners.append(await listen(
-                host, 0, self.handler.handle, self.tasks, self.tcp_limits, bound=pair,
-                caches=self.handler.udp_caches))
+                host, 0, parts.handler.handle, parts.tasks, parts.tcp_limits, bound=pair,
+                caches=parts.handler.udp_caches))
         if self.config.metrics is not None and self.worker == 0:
             self.metrics = MetricsServer(self.metrics_inputs())
             host, port = self.config.metrics
@@ -254,14 +220,33 @@ class App:
                 self.metrics = None
                 raise bind_error("--metrics", host, port, exc) from None
 
+    def metrics_inputs(self) -> MetricsInputs:
+        parts = self._parts
+        forwarder = parts.forwarder
+        return MetricsInputs(
+            stats=parts.stats, table=parts.table, statuses=lambda: self.board.statuses,
+            ready=lambda: self.board.ready, before_scrape=parts.handler.flush_stats,
+            forwarder_stats=lambda: getattr(forwarder, "stats", None),
+            upstreams=lambda: [] if forwarder is None else [
+                (str(u), not u.down, u.queries, u.failures)
+                for u in forwarder.upstreams.values()],
+            forward_cache_entries=lambda: None if forwarder is None else len(forwarder.cache),
+            source_counters=lambda: {s.name: dict(getattr(s, "counters", {}))
+                                     for s in self.sources if getattr(s, "counters", None)},
+            source_gauges=lambda: {s.name: tuple(getattr(s, "gauges", ()))
+                                   for s in self.sources if getattr(s, "gauges", None)},
+            views=lambda: parts.table.views)
+
+    # --- SIGHUP -----------------------------------------------------------------
+
     def reload(self) -> None:
         """SIGHUP: re-read the configuration and the services files.
 
-        Answer settings, the services file list, recursion and rate limits and
-        logging apply at once; listen addresses, registries and upstreams need
-        a restart, and a changed one is logged as such. A bad configuration is
-        logged and the running one kept. No query is dropped: the loop only
-        swaps references between two packets.
+        Options marked reloadable in the options table (answer settings, the
+        services file list, recursion and rate limits, logging) apply at once;
+        the others need a restart, and a changed one is logged as such. A bad
+        configuration is logged and the running one kept. No query is dropped:
+        the loop only swaps references between two packets.
         """
         log.info("SIGHUP: reloading configuration and services files")
         if self.reload_config is not None:
@@ -272,40 +257,49 @@ class App:
                 new = self.config
             if new != self.config:
                 self._apply(new)
-        for source in self.static_sources:
-            source.reload(self)
+        for source in self._parts.static_sources:
+            source.request_reload()
 
     def _apply(self, new: Config) -> None:
         old = self.config
         for name in RESTART_ONLY:
             if getattr(new, name) != getattr(old, name):
                 log.warning("SIGHUP: %s changed; restart dnsd to apply it", name)
+        # What a running process keeps: the restart-only settings of ``old``.
+        new = dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_ONLY})
         logs.apply_levels(new.log_level, new.query_log)
         if new.static != old.static:
-            keep = {s.path: s for s in self.static_sources}
-            fresh = []
-            for path in new.static:
-                source = keep.pop(path, None) or StaticSource(path, new.node_name,
-                                                              new.datacenter)
-                fresh.append(source)
-            for gone in keep.values():
-                self.sources.remove(gone)
-                self.statuses.pop(gone.name, None)
-                self.table.remove(gone.name)
-            for source in fresh:
-                if source not in self.static_sources:
-                    self.sources.append(source)
-                    self.statuses[source.name] = SourceStatus()
-                    self._source_tasks.append(asyncio.create_task(self._supervise(source)))
-            self.static_sources = fresh
-        self.answerer = Answerer(zone_settings(new))
-        self.handler.reconfigure(
-            answerer=self.answerer, allow_recursion=new.allow_recursion,
+            self._replace_static(build.static_sources(new))
+        parts = self._parts
+        parts.answerer = Answerer(build.zone_settings(new))
+        parts.handler.reconfigure(
+            answerer=parts.answerer, allow_recursion=new.allow_recursion,
             udp_answer_limit=new.udp_answer_limit, log_queries=new.query_log,
-            rate_limiter=RateLimiter(new.rate_limit) if new.rate_limit else None)
-        self.config = dataclasses.replace(
-            new, **{name: getattr(old, name) for name in RESTART_ONLY})
+            rate_limiter=build.rate_limiter(new))
+        self.config = new
         log.info("SIGHUP: configuration applied")
+
+    def _replace_static(self, wanted: list[StaticSource]) -> None:
+        """Start the services files newly named, stop the ones no longer named."""
+        parts = self._parts
+        running = {s.name: s for s in parts.static_sources}
+        fresh = [running.pop(s.name, s) for s in wanted]
+        for gone in running.values():
+            task = self._source_tasks.pop(gone.name, None)
+            if task is not None:
+                task.cancel()
+            self.board.remove(gone.name)
+        for source in fresh:
+            if source.name not in self._source_tasks:
+                self.board.add(source.name)
+                # Served as soon as the new configuration is; a bad file is
+                # reported by the source's own task.
+                with contextlib.suppress(ServicesFileError):
+                    self.board.publish(source.name, source.load())
+                self._run(source)
+        parts.static_sources = fresh
+
+    # --- running and stopping -------------------------------------------------------
 
     def stop(self) -> None:
         self._stop.set()
@@ -316,15 +310,17 @@ class App:
 
         ``pending`` holds signals that arrived before the loop could take them
         (see ``dnsd.signals``): a stop among them shuts down right after start,
-        a SIGHUP reloads."""
+        a SIGHUP reloads. Installs signal handlers: for the main thread of a
+        process that is dnsd; an embedding program calls :meth:`start` and
+        :meth:`shutdown` itself (see ``dnsd.embed``)."""
         loop = asyncio.get_running_loop()
         # Handlers first: a signal that arrives while starting must not kill
         # the process with the default action (tests and init systems send early).
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        await self.start()  # a bad file or address raises here, before any cleanup is due
         try:
+            await self.start()  # a bad file or address raises here
             for early in pending.take() if pending is not None else ():
                 if early in STOP_SIGNALS:
                     self.stop()
@@ -336,35 +332,30 @@ class App:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await self.shutdown()
+            if self.listeners:
+                await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Close listeners, let in-flight replies finish briefly, then cancel the rest."""
+        """Stop taking queries, let in-flight replies finish briefly, then stop
+        the sources, save the table and close the rest."""
         log.info("shutting down")
+        sdnotify.notify("STOPPING=1")
+        parts = self._parts
         for listener in self.listeners:
             listener.stop()
-        await self.tasks.drain(SHUTDOWN_GRACE)  # replies in flight still go out
+        await parts.tasks.drain(SHUTDOWN_GRACE)  # replies in flight still go out
         for listener in self.listeners:
             listener.close()
-        for task in self._source_tasks:
+        self.listeners.clear()
+        tasks = list(self._source_tasks.values())
+        self._source_tasks.clear()
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._source_tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.saver is not None:
             await self.saver.close()
-        if self.forwarder is not None:
-            await self.forwarder.close()
+        if parts.forwarder is not None:
+            await parts.forwarder.close()
         if self.metrics is not None:
             await self.metrics.close()
-
-
-def zone_settings(cfg: Config) -> ZoneSettings:
-    ns_addresses = tuple(host for host, _ in cfg.listen
-                         if not ipaddress.ip_address(host).is_unspecified)
-    return ZoneSettings(domains=cfg.domains, ttl=cfg.ttl, negative_ttl=cfg.negative_ttl,
-                        only_passing=cfg.only_passing, ns_addresses=ns_addresses)
-
-
-def forward_settings(cfg: Config) -> ForwardSettings:
-    """Forwarding's own settings, taken from the whole configuration."""
-    return ForwardSettings(upstreams=cfg.upstream, upstream_for=cfg.upstream_for,
-                           policy=cfg.upstream_policy, listen=cfg.listen, domains=cfg.domains)
+            self.metrics = None

@@ -5,7 +5,7 @@ The only place that exits: a :class:`DnsdError` (bad option, bad services file,
 an address that cannot be bound) becomes one line on stderr and exit status 2.
 Imports: ``signals`` first (so a signal during start-up is never fatal), then
 ``config``, ``errors``, ``logs``, ``app``, ``workers`` and, for the
-subcommands, ``sources.static`` and ``tableview``.
+subcommands, ``build``, ``sources.servicesfile`` and ``tableview``.
 """
 
 from __future__ import annotations
@@ -82,23 +82,25 @@ def check(args: Sequence[str]) -> int:
     """``dnsd check``: load the configuration and every services file as serving
     would, print each problem on one line, exit 0 or 2. Binds nothing and asks
     no registry."""
+    from dnsd.build import build
     from dnsd.config import load_config
     from dnsd.errors import DnsdError
-    from dnsd.sources.static import load_services_file
+    from dnsd.sources.servicesfile import check_services, load_services_file
 
     try:
         config = load_config(args)
+        build(config)  # what serving would build (the upstreams, say), minus sockets
     except DnsdError as exc:
         print(f"dnsd: error: {exc}", file=sys.stderr)
         return 2
     problems = 0
     for path in config.static:
-        try:
+        found = check_services(path, config.node_name, config.datacenter)
+        for problem in found:
+            print(f"dnsd: error: {problem}", file=sys.stderr)
+        problems += len(found)
+        if not found:
             view = load_services_file(path, config.node_name, config.datacenter)
-        except DnsdError as exc:
-            print(f"dnsd: error: {exc}", file=sys.stderr)
-            problems += 1
-        else:
             print(f"{path}: {len(view.instances)} instances, "
                   f"{len({i.service for i in view.instances})} services")
     if problems:

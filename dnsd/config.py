@@ -15,6 +15,7 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,7 +25,7 @@ from urllib.parse import urlparse
 
 from dnsd import __version__
 from dnsd.errors import ConfigError
-from dnsd.hostport import HostPort, parse_hostport
+from dnsd.hostport import HostPort, parse_hostport, parse_listen
 from dnsd.model import is_hostname, is_label
 
 DEFAULT_ALLOW_RECURSION = (
@@ -40,6 +41,7 @@ class Config:
     """Every setting dnsd runs with, validated. Built only by :func:`load_config`."""
 
     listen: tuple[HostPort, ...] = (("127.0.0.1", 8600),)
+    freebind: bool = False
     domain: str = "consul"
     alt_domain: str | None = None
     datacenter: str = "dc1"
@@ -50,13 +52,27 @@ class Config:
     consul_token: str | None = None
     consul_ca: str | None = None
     consul_datacenters: tuple[str, ...] = ()
+    consul_consistent: bool = False
+    consul_max_reply: int = 64  # MiB
     zookeeper: str | None = None
     zookeeper_datacenter: str | None = None
+    docker: str | None = None  # the engine's URL; None: off
+    docker_published: str | None = None
+    docker_network: str | None = None
     upstream: tuple[HostPort, ...] | None = None  # None: from /etc/resolv.conf
     upstream_for: tuple[tuple[str, HostPort], ...] = ()
     upstream_policy: str = "sequential"
     ttl: int = 0
     negative_ttl: int = 0
+    node_ttl: int | None = None  # None: --ttl
+    service_ttl: tuple[tuple[str, int], ...] = ()
+    a_record_limit: int = 0
+    soa_refresh: int = 3600
+    soa_retry: int = 600
+    soa_expire: int = 86400
+    node_meta_txt: bool = True
+    translate_wan_addrs: bool = False
+    recursor_timeout: float = 1.0
     udp_answer_limit: int = 0
     allow_recursion: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     workers: int = 1
@@ -79,7 +95,7 @@ class Config:
 
 
 def _listen(text: str) -> HostPort:
-    return parse_hostport(text)
+    return parse_listen(text)
 
 
 def _upstream(text: str) -> HostPort:
@@ -115,6 +131,34 @@ def _nonneg_int(limit: int) -> Callable[[str], int]:
             raise ValueError(f"{value} is not from 0 to {limit}")
         return value
     return parse
+
+
+def _service_ttl(text: str) -> tuple[str, int]:
+    name, sep, seconds = text.partition("=")
+    name = name.strip().lower()
+    if not sep or not name:
+        raise ValueError(f"{text!r} is not NAME=SECONDS")
+    # A prefix ("db-*") may end where a name could not; a whole name is a label.
+    if not (is_label(name) or re.fullmatch(r"[a-z0-9_-]{0,63}\*", name)):
+        raise ValueError(f"{name!r} is not a service name, a prefix ending in *, or *")
+    return name, _nonneg_int(2**31 - 1)(seconds.strip())
+
+
+def _mebibytes(text: str) -> int:
+    value = _nonneg_int(4096)(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 30:
+        raise ValueError(f"{text!r} is not more than 0 and at most 30 seconds")
+    return value
 
 
 def _workers(text: str) -> int:
@@ -174,6 +218,54 @@ def _zookeeper(text: str) -> str:
     return text
 
 
+DOCKER_SOCKET = "unix:///var/run/docker.sock"
+"""The engine a bare ``--docker`` watches when ``DOCKER_HOST`` is not set."""
+_DOCKER_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _docker(text: str) -> str:
+    """``unix:///PATH`` (or a bare absolute path) or ``tcp://HOST:PORT``, normalised.
+
+    Plain ``http://`` is taken as ``tcp://``, as the docker client does. TLS
+    (``https://``, ``DOCKER_TLS_VERIFY``) and ``ssh://`` are not supported."""
+    if text.startswith("/"):
+        text = f"unix://{text}"
+    parsed = urlparse(text)
+    if parsed.scheme == "unix":
+        path = parsed.netloc + parsed.path if parsed.netloc else parsed.path
+        if not path.startswith("/") or parsed.query or parsed.fragment:
+            raise ValueError(f"{text!r} is not unix:///PATH")
+        return f"unix://{path}"
+    if parsed.scheme in ("tcp", "http"):
+        try:
+            port = parsed.port
+        except ValueError:
+            raise ValueError(f"{text!r} has a bad port") from None
+        if not parsed.hostname or port is None or parsed.path.strip("/") or parsed.query:
+            raise ValueError(f"{text!r} is not tcp://HOST:PORT")
+        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+        return f"tcp://{host}:{port}"
+    raise ValueError(f"{text!r} is not unix:///PATH or tcp://HOST:PORT (TLS and ssh:// "
+                     "are not supported)")
+
+
+def _docker_published(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if address.is_unspecified:
+        raise ValueError(f"{text!r} is where ports are bound, not an address clients "
+                         "can reach; name the host's own address")
+    return str(address)
+
+
+def _docker_network(text: str) -> str:
+    if not _DOCKER_NETWORK.fullmatch(text):
+        raise ValueError(f"{text!r} is not a Docker network name")
+    return text
+
+
 def _level(text: str) -> str:
     level = text.lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -218,6 +310,7 @@ class Option:
     repeat: bool = False          # repeatable flag; list in TOML; comma list in env
     flag: bool = False            # boolean switch
     env: Sequence[str] = ()       # extra environment names after DNSD_<NAME>
+    bare: bool = False            # may be given without a value (``--docker``): see _convert
     reload: bool = False          # SIGHUP applies a change; otherwise it needs a restart
     group: str = ""               # the --help section it is listed in
 
@@ -230,8 +323,11 @@ _ZONE, _SOURCES, _FORWARDING, _ANSWERS, _OPERATIONS = (
     "Listening and zone", "Sources", "Forwarding", "Answers", "Operations")
 
 OPTIONS: tuple[Option, ...] = (
-    Option("listen", _listen, "UDP and TCP listen address; IPv6 as [::1]:PORT (default "
-           "127.0.0.1:8600)", "ADDR:PORT", repeat=True, group=_ZONE),
+    Option("listen", _listen, "UDP and TCP listen address; IPv6 as [::1]:PORT, :PORT for "
+           "every IPv4 address, PORT alone for loopback (default 127.0.0.1:8600)",
+           "ADDR:PORT", repeat=True, group=_ZONE),
+    Option("freebind", _text, "listen on addresses this host does not have (yet), e.g. "
+           "Docker's bridge before Docker creates it (IP_FREEBIND)", flag=True, group=_ZONE),
     Option("domain", _domain, "the zone dnsd answers (default consul)", "NAME", group=_ZONE),
     Option("alt-domain", _domain, "a second zone answered the same way", "NAME",
            group=_ZONE),
@@ -249,10 +345,24 @@ OPTIONS: tuple[Option, ...] = (
            env=("CONSUL_CACERT",), group=_SOURCES),
     Option("consul-datacenters", _label, "remote datacenters also watched (comma list)",
            "LIST", repeat=True, group=_SOURCES),
+    Option("consul-consistent", _text, "read Consul through its leader only, so a cluster "
+           "without a leader is an outage (default: ?stale reads from any server, Consul's "
+           "allow_stale)", flag=True, group=_SOURCES),
+    Option("consul-max-reply", _mebibytes, "largest Consul reply read; a larger one fails "
+           "like an outage (default 64)", "MIB", group=_SOURCES),
     Option("zookeeper", _zookeeper, "ZooKeeper ensemble and registrator base path, e.g. "
            "zk1:2181,zk2:2181/services", "HOSTS/PATH", group=_SOURCES),
     Option("zookeeper-datacenter", _label, "datacenter of ZooKeeper instances "
            "(default --datacenter)", "NAME", group=_SOURCES),
+    Option("docker", _docker, "watch a Docker engine and serve its containers: "
+           "unix:///PATH or tcp://HOST:PORT; without a value DOCKER_HOST, else "
+           f"{DOCKER_SOCKET}", "URL", bare=True, group=_SOURCES),
+    Option("docker-published", _docker_published, "serve containers at their published "
+           "host ports on this address instead of their own addresses", "ADDR",
+           group=_SOURCES),
+    Option("docker-network", _docker_network, "the network whose address a container is "
+           "served at when it has several (default: the first by name)", "NAME",
+           group=_SOURCES),
     Option("upstream", _upstream, "where other names go (default: nameservers of "
            "/etc/resolv.conf)", "ADDR[:PORT]", repeat=True, group=_FORWARDING),
     Option("upstream-for", _upstream_for, "per-domain upstream, like dnsmasq "
@@ -264,10 +374,30 @@ OPTIONS: tuple[Option, ...] = (
            group=_FORWARDING),
     Option("no-forward", _text, "answer only dnsd's zones: other names get REFUSED",
            flag=True, group=_FORWARDING),
+    Option("recursor-timeout", _timeout, "seconds to wait for one upstream's reply over UDP "
+           "before trying the next (default 1)", "SECONDS", group=_FORWARDING),
     Option("ttl", _nonneg_int(2**31 - 1), "TTL of service and node answers (default 0)",
            "SECONDS", reload=True, group=_ANSWERS),
     Option("negative-ttl", _nonneg_int(2**31 - 1), "SOA minimum: TTL of NXDOMAIN/NODATA "
            "answers (default 0)", "SECONDS", reload=True, group=_ANSWERS),
+    Option("node-ttl", _nonneg_int(2**31 - 1), "TTL of node, addr and NS answers "
+           "(default --ttl)", "SECONDS", reload=True, group=_ANSWERS),
+    Option("service-ttl", _service_ttl, "TTL of one service's answers; NAME may end in * "
+           "to match a prefix, the longest winning, or be * for every service (default "
+           "--ttl)", "NAME=SECONDS", repeat=True, reload=True, group=_ANSWERS),
+    Option("a-record-limit", _nonneg_int(65535), "at most N A/AAAA records in a service "
+           "answer, rotated (default 0: all)", "N", reload=True, group=_ANSWERS),
+    Option("soa-refresh", _nonneg_int(2**31 - 1), "SOA refresh (default 3600)", "SECONDS",
+           reload=True, group=_ANSWERS),
+    Option("soa-retry", _nonneg_int(2**31 - 1), "SOA retry (default 600)", "SECONDS",
+           reload=True, group=_ANSWERS),
+    Option("soa-expire", _nonneg_int(2**31 - 1), "SOA expire (default 86400)", "SECONDS",
+           reload=True, group=_ANSWERS),
+    Option("node-meta-txt", _text, "node meta as TXT in the additional section of node and "
+           "SRV answers (default on; --node-meta-txt=no turns it off)", flag=True,
+           reload=True, group=_ANSWERS),
+    Option("translate-wan-addrs", _text, "answer instances and nodes of other datacenters "
+           "at their wan tagged addresses", flag=True, reload=True, group=_ANSWERS),
     Option("udp-answer-limit", _nonneg_int(65535), "cap on answers to non-EDNS UDP queries "
            "(default 0: no cap)", "N", reload=True, group=_ANSWERS),
     Option("only-passing", _text, "leave out instances whose checks are warning", flag=True,
@@ -351,19 +481,31 @@ def build_parser() -> argparse.ArgumentParser:
         if opt.flag:  # --query-log, or --query-log=yes/no as the environment allows
             group.add_argument(f"--{opt.name}", nargs="?", const="true", metavar="BOOL",
                                help=help_text)
+        elif opt.bare:  # --docker, or --docker URL
+            group.add_argument(f"--{opt.name}", nargs="?", const="true",
+                               metavar=opt.metavar, help=help_text)
         else:
             group.add_argument(f"--{opt.name}", metavar=opt.metavar, help=help_text,
                                action="append" if opt.repeat else "store")
     return parser
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
 def _bool(text: str, where: str) -> bool:
     lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in _TRUE:
         return True
-    if lowered in ("0", "false", "no", "off", ""):
+    if lowered in _FALSE:
         return False
     raise ConfigError(f"{where}: {text!r} is not true or false")
+
+
+BARE = ""
+"""The value of an option given without one (``--docker``, ``docker = true``);
+:func:`load_config` replaces it with what it stands for."""
 
 
 def _convert(opt: Option, raw: Any, where: str) -> Any:
@@ -375,6 +517,13 @@ def _convert(opt: Option, raw: Any, where: str) -> Any:
             if isinstance(raw, str):
                 return _bool(raw, where)
             raise ValueError("must be true or false")
+        if opt.bare:
+            # A switch and a value at once: true/false (a bare flag is "true")
+            # turn it on with its default or off; anything else is the value.
+            if isinstance(raw, bool):
+                return BARE if raw else None
+            if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+                return BARE if _bool(raw, where) else None
         if opt.repeat:
             items: list[Any]
             if isinstance(raw, str):
@@ -429,10 +578,14 @@ def _check_environment(env: Mapping[str, str]) -> None:
 
 def _check_effects(values: Mapping[str, Any]) -> None:
     """Options that would do nothing as given are errors, not silence."""
-    if values.get("consul_datacenters") and not values.get("consul"):
-        raise ConfigError("--consul-datacenters: has no effect without --consul")
+    for key in ("consul_datacenters", "consul_consistent", "consul_max_reply"):
+        if values.get(key) and not values.get("consul"):
+            raise ConfigError(f"--{key.replace('_', '-')}: has no effect without --consul")
     if values.get("zookeeper_datacenter") and not values.get("zookeeper"):
         raise ConfigError("--zookeeper-datacenter: has no effect without --zookeeper")
+    for key in ("docker_published", "docker_network"):
+        if values.get(key) and values.get("docker") is None:
+            raise ConfigError(f"--{key.replace('_', '-')}: has no effect without --docker")
     domain = values.get("domain", "consul")
     alt = values.get("alt_domain")
     for forwarded, _addr in values.get("upstream_for", ()):
@@ -442,6 +595,19 @@ def _check_effects(values: Mapping[str, Any]) -> None:
                                   f"{zone}, which is never forwarded")
     if values.get("no_forward") and (values.get("upstream") or values.get("upstream_for")):
         raise ConfigError("--no-forward: conflicts with --upstream and --upstream-for")
+
+
+def docker_default(env: Mapping[str, str]) -> str:
+    """The engine a bare ``--docker`` means: ``DOCKER_HOST`` when set, else the
+    default socket. ``DOCKER_HOST`` alone never turns the source on: many
+    users have it set for their docker client."""
+    host = env.get("DOCKER_HOST", "").strip()
+    if not host:
+        return DOCKER_SOCKET
+    try:
+        return _docker(host)
+    except ValueError as exc:
+        raise ConfigError(f"DOCKER_HOST (for --docker): {exc}") from None
 
 
 def default_node_name() -> str:
@@ -474,10 +640,14 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
 
     if values.get("listen") == ():
         raise ConfigError("--listen: no address given")
+    if "listen" in values:  # the same address twice is one listener, not a clash
+        values["listen"] = tuple(dict.fromkeys(values["listen"]))
     values.setdefault("allow_recursion",
                       tuple(ipaddress.ip_network(c) for c in DEFAULT_ALLOW_RECURSION))
     values.setdefault("node_name", default_node_name())
     values["datacenter_set"] = "datacenter" in values
+    if values.get("docker") == BARE:
+        values["docker"] = docker_default(env)
     values["config_file"] = config_file
     if values.get("alt_domain") and values.get("alt_domain") == values.get("domain", "consul"):
         raise ConfigError("--alt-domain: must differ from --domain")

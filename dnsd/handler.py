@@ -12,6 +12,7 @@ Forwarding plugs in through the ``Forwarder`` protocol below. Imports:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import secrets
@@ -61,11 +62,13 @@ log = logging.getLogger("dnsd.handler")
 query_log = logging.getLogger("dnsd.query")
 
 ZONE_TRANSFERS = (251, 252)  # IXFR, AXFR: not served (RFC 5936 allows REFUSED)
+CHASED_TYPES = (rr.T_A, rr.T_AAAA, rr.T_SRV)  # whose external names are resolved upstream
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Reply = bytes | None
 
 MAX_ROTATIONS = 64      # answers with more records are rendered per query instead
+MAX_CHASED_TARGETS = 8  # external SRV targets resolved upstream for one reply
 KEY_LIMIT = MAX_KEY + 2  # the longest query (ID included) whose bytes key a cached reply
 
 
@@ -355,10 +358,15 @@ class Handler:
             if query.qtype == T_ANY and not over_tcp:
                 answer = answer.one_rrset()
             limit = MAX_TCP if over_tcp else udp_limit(query)
-            if (answer.targets and query.qtype in (rr.T_A, rr.T_AAAA)
-                    and self.forwarder is not None and self.recursion_allowed(client)):
-                return self._chase(self.forwarder, query, answer, limit, ra)
             cap = self.udp_answer_limit if query.edns is None and not over_tcp else 0
+            if answer.targets and query.qtype in CHASED_TYPES and self.forwarder is not None:
+                if not self.recursion_allowed(client):
+                    # Not cached by the query's bytes: a client allowed recursion
+                    # asking the same bytes is owed the chased records.
+                    return render(query, answer, limit=limit, answer_cap=cap, ra=ra)
+                if query.qtype == rr.T_SRV:
+                    return self._chase_targets(self.forwarder, query, answer, limit, ra)
+                return self._chase(self.forwarder, query, answer, limit, ra)
             turns = len(answer.answers)
             if turns > MAX_ROTATIONS or len(query.wire) > KEY_LIMIT:
                 return render(query, answer, limit=limit, answer_cap=cap, ra=ra)
@@ -393,13 +401,45 @@ class Handler:
         does with its recursors: stub resolvers such as glibc do not chase a
         CNAME themselves, so without the target's addresses curl would fail.
         If the target does not resolve, the CNAME alone is the answer; only the
-        chain from the target is taken from the upstream's reply."""
+        chain from the target is taken from the upstream's reply, with the
+        CNAME's TTL (Consul gives chased records the service's). A target in
+        dnsd's own zones was followed when the answer was built: it is never
+        forwarded."""
         turn = answer.next_turn() % len(answer.answers)
-        sub = parse_query(question_wire(answer.targets[turn], query.qtype))
-        chased = rr.address_answers(await forwarder.forward(sub, False),
-                                    answer.targets[turn])
+        target = answer.targets[turn]
+        if not target:
+            return render(query, answer, limit=limit, ra=ra, turn=turn)
+        sub = parse_query(question_wire(target, query.qtype))
+        chased = rr.address_answers(await forwarder.forward(sub, False), target, answer.ttl)
         full = AnswerSet(answer.rcode, (answer.answers[turn], *chased))
         return render(query, full, limit=limit, ra=ra, turn=0)
+
+    async def _chase_targets(self, forwarder: Forwarder, query: Query, answer: AnswerSet,
+                             limit: int, ra: bool) -> bytes:
+        """SRV targets that are external host names, resolved through the
+        upstreams (A and AAAA, at once) into the additional section, as Consul
+        does with its recursors. A target that does not resolve goes without;
+        the SRV answer stands either way."""
+        names = list(dict.fromkeys(t for t in answer.targets if t))[:MAX_CHASED_TARGETS]
+
+        async def addresses(name: str, qtype: int) -> list[bytes]:
+            reply = await forwarder.forward(parse_query(question_wire(name, qtype)), False)
+            return rr.address_answers(reply, name, answer.ttl)
+
+        found = await asyncio.gather(*(addresses(name, qtype) for name in names
+                                       for qtype in (rr.T_A, rr.T_AAAA)),
+                                     return_exceptions=True)
+        by_name: dict[str, list[bytes]] = {}
+        for index, records in enumerate(found):
+            if isinstance(records, BaseException):
+                log.debug("SRV target %s: %s", names[index // 2], records)
+                continue
+            by_name.setdefault(names[index // 2], []).extend(records)
+        extras = tuple((*extra, *by_name.get(target, ())) if target else extra
+                       for extra, target in zip(answer.extras, answer.targets, strict=True))
+        full = AnswerSet(answer.rcode, answer.answers, answer.authority, extras,
+                         answer.additional, late=answer.late, cap=answer.cap)
+        return render(query, full, limit=limit, ra=ra, turn=answer.next_turn())
 
     def recursion_allowed(self, client: str) -> bool:
         known = self._allowed_cache.get(client)

@@ -28,6 +28,21 @@ def _ip(text: str) -> str:
         raise ValueError(f"{text!r} is not an IP address") from None
 
 
+def parse_listen(text: str) -> HostPort:
+    """A listen address: ``ADDR:PORT``, ``[V6]:PORT``, ``localhost:PORT``,
+    ``:PORT`` (every IPv4 address, as Go and CoreDNS read it) or a bare ``PORT``
+    (loopback only: the safe reading of a number alone)."""
+    text = text.strip()
+    if text.isdigit():
+        return "127.0.0.1", _port(text)
+    if text.startswith(":") and text[1:].isdigit():
+        return "0.0.0.0", _port(text[1:])
+    host, sep, port = text.rpartition(":")
+    if sep and host.lower() == "localhost":
+        return "127.0.0.1", _port(port)
+    return parse_hostport(text)
+
+
 def parse_hostport(text: str, default_port: int | None = None) -> HostPort:
     """``ADDR:PORT``, ``[V6]:PORT``; with ``default_port``, also ``ADDR`` and bare ``V6``.
 

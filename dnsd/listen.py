@@ -23,6 +23,7 @@ from dnsd.server import HandleFn, Tasks, TcpLimits, TcpProtocol, UdpSocket
 
 PORT_ATTEMPTS = 20  # port 0: how many UDP-chosen ports to try before giving up
 TCP_BACKLOG = 1024
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux <linux/in.h>
 
 
 class ListenError(DnsdError):
@@ -60,9 +61,14 @@ class Listener:
         self.tcp.close()
 
 
-def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:
+def _socket(family: int, kind: int, reuse_port: bool, freebind: bool = False
+            ) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
+        if freebind:
+            # Bind an address the host does not have yet (a bridge that appears
+            # later); the socket receives as soon as it does. Works for IPv6 too.
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -77,7 +83,7 @@ def _socket(family: int, kind: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def bind_pair(host: str, port: int, *, reuse_port: bool = False
+def bind_pair(host: str, port: int, *, reuse_port: bool = False, freebind: bool = False
               ) -> tuple[socket.socket, socket.socket]:
     """A bound UDP socket and a bound TCP socket (not yet listening) on one port.
 
@@ -85,14 +91,14 @@ def bind_pair(host: str, port: int, *, reuse_port: bool = False
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     attempts = PORT_ATTEMPTS if port == 0 else 1
     for attempt in range(attempts):
-        udp = _socket(family, socket.SOCK_DGRAM, reuse_port)
+        udp = _socket(family, socket.SOCK_DGRAM, reuse_port, freebind)
         try:
             udp.bind((host, port))
         except OSError as exc:
             udp.close()
             raise bind_error("--listen", host, port, exc) from None
         bound = udp.getsockname()[1]
-        tcp = _socket(family, socket.SOCK_STREAM, reuse_port)
+        tcp = _socket(family, socket.SOCK_STREAM, reuse_port, freebind)
         try:
             tcp.bind((host, bound))
         except OSError as exc:
@@ -105,12 +111,12 @@ def bind_pair(host: str, port: int, *, reuse_port: bool = False
     raise AssertionError("unreachable")
 
 
-def pick_ports(listen: Sequence[HostPort]) -> tuple[HostPort, ...]:
+def pick_ports(listen: Sequence[HostPort], freebind: bool = False) -> tuple[HostPort, ...]:
     """``listen`` with each port 0 replaced by a port free for UDP and TCP."""
     picked = []
     for host, port in listen:
         if port == 0:
-            udp, tcp = bind_pair(host, 0)
+            udp, tcp = bind_pair(host, 0, freebind=freebind)
             port = udp.getsockname()[1]
             udp.close()
             tcp.close()

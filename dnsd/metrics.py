@@ -17,7 +17,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 from dnsd import __version__
 from dnsd.model import View
-from dnsd.sources.base import SourceState
+from dnsd.sources.base import Gauge, SourceState
 from dnsd.stats import LATENCY_BUCKETS, QueryStats
 from dnsd.table import Table
 from dnsd.tableview import table_html, table_json
@@ -69,6 +69,7 @@ class MetricsInputs:
     upstreams: Callable[[], list[tuple[str, bool, int, int]]] = lambda: []
     forward_cache_entries: Callable[[], int | None] = lambda: None
     source_counters: Callable[[], Mapping[str, Mapping[str, int]]] = lambda: {}
+    source_gauges: Callable[[], Mapping[str, Sequence[Gauge]]] = lambda: {}
     before_scrape: Callable[[], None] = lambda: None  # folds the hot path's counts in
     views: Callable[[], Mapping[str, View]] = lambda: {}  # each source's last view
 
@@ -134,6 +135,7 @@ class DnsdCollector(Collector):
                 for event, count in sorted(events.items()):
                     family.add_metric([source, event], count)
             yield family
+        yield from _gauge_families(self.inputs.source_gauges())
 
         upstreams = self.inputs.upstreams()
         if upstreams:
@@ -162,6 +164,19 @@ class DnsdCollector(Collector):
                     yield CounterMetricFamily(f"dnsd_forward_{field_name}",
                                               f"Forwarding: {field_name.replace('_', ' ')}",
                                               value=value)
+
+
+def _gauge_families(gauges: Mapping[str, Sequence[Gauge]]) -> Iterator[Metric]:
+    """Each source's gauges, one family per name, with the ``source`` label first."""
+    families: dict[str, GaugeMetricFamily] = {}
+    for source, values in sorted(gauges.items()):
+        for gauge in values:
+            family = families.get(gauge.name)
+            if family is None:
+                family = families[gauge.name] = GaugeMetricFamily(
+                    gauge.name, gauge.help, labels=["source", *gauge.labels])
+            family.add_metric([source, *gauge.labels.values()], gauge.value)
+    yield from families.values()
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 # A DNS label as Consul and registrator names use it: letters, digits, hyphen and
 # underscore (registrator writes ``service_1``), 1 to 63 octets, no edge hyphen.
@@ -40,8 +41,11 @@ class Health(enum.Enum):
         return worst
 
 
-class Meta(Mapping[str, str]):
-    """An immutable, hashable string-to-string mapping (service or node meta).
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[str, V], Generic[V]):
+    """An immutable, hashable mapping from strings.
 
     Frozen values must hold frozen parts: a plain dict inside a frozen
     dataclass can still be changed, and makes the value unhashable (the idea
@@ -51,12 +55,12 @@ class Meta(Mapping[str, str]):
 
     __slots__ = ("_hash", "_items")
 
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, items: Mapping[str, V] | Iterable[tuple[str, V]] = ()) -> None:
         pairs = items.items() if isinstance(items, Mapping) else items
-        self._items: dict[str, str] = {str(k): str(v) for k, v in pairs}
+        self._items: dict[str, V] = {str(k): v for k, v in pairs}
         self._hash: int | None = None
 
-    def __getitem__(self, key: str) -> str:
+    def __getitem__(self, key: str) -> V:
         return self._items[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -71,7 +75,18 @@ class Meta(Mapping[str, str]):
         return self._hash
 
     def __repr__(self) -> str:
-        return f"Meta({self._items!r})"
+        return f"{type(self).__name__}({self._items!r})"
+
+
+class Meta(FrozenMap[str]):
+    """An immutable string-to-string mapping (service or node meta, a node's
+    tagged addresses, a view's prepared query texts)."""
+
+    __slots__ = ()
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        super().__init__((str(k), str(v)) for k, v in pairs)
 
 
 NO_META = Meta()
@@ -137,6 +152,56 @@ def classify_address(text: str) -> tuple[AddressKind, str]:
     return AddressKind.IPV6, ip.compressed
 
 
+# Tagged address keys Consul gives nodes and services, and that answers use.
+LAN, LAN_IPV4, LAN_IPV6 = "lan", "lan_ipv4", "lan_ipv6"
+WAN, WAN_IPV4, WAN_IPV6 = "wan", "wan_ipv4", "wan_ipv6"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAddress:
+    """One tagged address of a service (Consul's ``ServiceAddress``): an address,
+    normalised by :func:`classify_address`, and a port (0: the service's own)."""
+
+    address: str
+    port: int = 0
+    kind: AddressKind = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"tagged port {self.port} is not from 0 to 65535")
+        kind, address = classify_address(self.address)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "kind", kind)
+
+
+NO_SERVICE_ADDRESSES: FrozenMap[ServiceAddress] = FrozenMap()
+
+
+def freeze_node_addresses(value: Mapping[str, str]) -> Meta:
+    """A node's tagged addresses, each normalised; empty ones left out.
+    ``ValueError`` names a tag whose address is neither an IP nor a host name."""
+    if not value:
+        return NO_META
+    out = {}
+    for tag, text in value.items():
+        try:
+            kind, address = classify_address(text)
+        except ValueError as exc:
+            raise ValueError(f"tagged address {tag}: {exc}") from None
+        if kind is not AddressKind.NONE:
+            out[tag] = address
+    return Meta(out) if out else NO_META
+
+
+def freeze_service_addresses(value: Mapping[str, ServiceAddress]
+                             ) -> FrozenMap[ServiceAddress]:
+    """A service's tagged addresses as a frozen mapping; empty ones left out."""
+    if isinstance(value, FrozenMap) and all(a.address for a in value.values()):
+        return value
+    kept = {tag: a for tag, a in value.items() if a.address}
+    return FrozenMap(kept) if kept else NO_SERVICE_ADDRESSES
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """One registered instance of a service.
@@ -157,6 +222,8 @@ class Instance:
     weight_passing: int = 1
     weight_warning: int = 1
     meta: Mapping[str, str] = NO_META
+    tagged_addresses: Mapping[str, ServiceAddress] = NO_SERVICE_ADDRESSES
+    """Consul's ``Service.TaggedAddresses`` (``lan_ipv4``, ``wan``, ...)."""
     address_kind: AddressKind = field(init=False)
     node_address_kind: AddressKind = field(init=False)
 
@@ -175,6 +242,8 @@ class Instance:
         kind, address = classify_address(self.address)
         node_kind, node_address = classify_address(self.node_address)
         object.__setattr__(self, "meta", freeze_meta(self.meta))
+        object.__setattr__(self, "tagged_addresses",
+                           freeze_service_addresses(self.tagged_addresses))
         object.__setattr__(self, "address", address)
         object.__setattr__(self, "address_kind", kind)
         object.__setattr__(self, "node_address", node_address)
@@ -201,13 +270,15 @@ class Instance:
 class Node:
     """A node (host) known to a registry, answerable as ``<node>.node.<dc>``.
 
-    The one home of node data: its address and its meta (served as TXT
-    records, as Consul serves ``NodeMeta``)."""
+    The one home of node data: its address, its meta (served as TXT records,
+    as Consul serves ``NodeMeta``) and its tagged addresses (Consul's
+    ``TaggedAddresses``: ``lan_ipv6`` answers AAAA, ``wan`` remote askers)."""
 
     name: str
     datacenter: str
     address: str = ""
     meta: Mapping[str, str] = NO_META
+    tagged_addresses: Mapping[str, str] = NO_META
     address_kind: AddressKind = field(init=False)
 
     def __post_init__(self) -> None:
@@ -219,6 +290,8 @@ class Node:
         object.__setattr__(self, "address", address)
         object.__setattr__(self, "address_kind", kind)
         object.__setattr__(self, "meta", freeze_meta(self.meta))
+        object.__setattr__(self, "tagged_addresses",
+                           freeze_node_addresses(self.tagged_addresses))
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +306,12 @@ class View:
     nodes: tuple[Node, ...] = ()
     local_datacenter: str | None = None
     """The datacenter the registry calls local (Consul's agent), if it says."""
+    prepared: Mapping[str, str] = NO_META
+    """Prepared query definitions by datacenter: the JSON list ``GET /v1/query``
+    returns there, as text (the table parses it once per change). Text keeps
+    the view frozen, comparable and savable as it is."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prepared", freeze_meta(
+            {dc.lower(): text for dc, text in self.prepared.items()}
+            if any(dc != dc.lower() for dc in self.prepared) else self.prepared))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-# Label kinds Consul knows. dnsd serves service, node and addr; the others parse
-# (so the datacenter rules apply) and then find nothing: NXDOMAIN, as in Consul
-# without prepared queries or Connect.
+# Label kinds Consul knows. dnsd serves service, node, addr and query; the
+# others parse (so the datacenter rules apply) and then find nothing: NXDOMAIN,
+# as in Consul without Connect.
 _KINDS = frozenset({"service", "node", "addr", "query", "connect", "ingress", "virtual"})
 
 
@@ -21,8 +21,9 @@ class ZoneName:
     """An in-zone name taken apart.
 
     ``kind`` is ``apex``, ``ns`` (the name server name), ``service``, ``node``,
-    ``addr``, another Consul kind, or ``invalid`` (parses as nothing: NXDOMAIN).
-    ``datacenter`` is None when the name omits it (the local one applies).
+    ``addr``, ``query`` (a prepared query: ``name`` is its name or ID), another
+    Consul kind, or ``invalid`` (parses as nothing: NXDOMAIN). ``datacenter`` is
+    None when the name omits it (the local one applies).
     """
 
     kind: str
@@ -35,16 +36,45 @@ class ZoneName:
 
 def split_zone(labels: list[bytes], zones: tuple[tuple[bytes, ...], ...]
                ) -> tuple[int, list[bytes]] | None:
-    """Which zone (index into ``zones``) holds the name, and the labels before it."""
+    """Which zone (index into ``zones``) holds the name, and the labels before it.
+
+    The most specific zone wins: with ``consul`` and ``test.consul`` both
+    served, ``x.node.test.consul`` is ``x.node`` in ``test.consul`` (as Consul
+    trims the longer of its domain and alt domain first)."""
+    best: tuple[int, list[bytes]] | None = None
     for index, zone in enumerate(zones):
         size = len(zone)
-        if len(labels) >= size and tuple(labels[len(labels) - size:]) == zone:
-            return index, labels[:len(labels) - size]
-    return None
+        if (len(labels) >= size and tuple(labels[len(labels) - size:]) == zone
+                and (best is None or size > len(zones[best[0]]))):
+            best = index, labels[:len(labels) - size]
+    return best
 
 
-def parse_zone_name(relative: list[bytes], zone: str) -> ZoneName:
-    """Parse the labels left of the zone (all lower-case)."""
+def parse_locality(labels: list[str]) -> tuple[bool, str | None]:
+    """The datacenter the labels after the kind name, as Consul's open-source
+    edition reads them: none; ``<dc>``; or ``<dc>.dc`` (also twice, the last
+    one winning). Anything else (``.peer``, ``.ns``, ``.ap``: cluster peers,
+    namespaces and partitions, which dnsd does not serve) is (False, None)."""
+    if not labels:
+        return True, None
+    if len(labels) == 1:
+        return True, labels[0]
+    if len(labels) not in (2, 4):
+        return False, None
+    datacenter = None
+    for value, key in zip(labels[::2], labels[1::2], strict=True):
+        if key != "dc":
+            return False, None
+        datacenter = value
+    return True, datacenter
+
+
+def parse_zone_name(relative: list[bytes], zone: str, srv: bool = False) -> ZoneName:
+    """Parse the labels left of the zone (all lower-case).
+
+    ``srv``: the question asks SRV, where Consul also reads the RFC 2782 form
+    without ``.service`` (``_db._tcp.consul``, ``_db._primary.dc1.consul``).
+    """
     try:
         parts = [label.decode("ascii") for label in relative]
     except UnicodeDecodeError:
@@ -54,24 +84,45 @@ def parse_zone_name(relative: list[bytes], zone: str) -> ZoneName:
     if parts == ["ns"]:
         return ZoneName("ns", zone)
     # The rightmost kind label splits the name: what follows is the datacenter.
+    # Asked SRV, an underscore label splits it too, and is part of the name.
     for index in range(len(parts) - 1, -1, -1):
         if parts[index] in _KINDS:
+            kind = parts[index]
+            before, after = parts[:index], parts[index + 1:]
+            break
+        if srv and parts[index].startswith("_"):
+            kind = "service"
+            before, after = parts[:index + 1], parts[index + 1:]
             break
     else:
         return ZoneName("invalid", zone)
-    kind = parts[index]
-    before, after = parts[:index], parts[index + 1:]
-    if len(after) > 1:  # namespaces/partitions are not served
-        return ZoneName("invalid", zone)
-    datacenter = after[0] if after else None
     if not before:
         return ZoneName("invalid", zone)
 
+    if kind == "addr":  # Consul ignores what follows addr: the address says it all
+        address = parse_hex_address(before[0]) if len(before) == 1 else None
+        if address is None:
+            return ZoneName("invalid", zone)
+        return ZoneName("addr", zone, before[0], None, after[0] if after else None, address)
+    if kind == "query":
+        # Only <name>.query[.<dc>]; the name may hold dots. _<name>._<proto>
+        # is RFC 2782's form: the protocol label is ignored.
+        if len(after) > 1:
+            return ZoneName("invalid", zone)
+        if len(before) >= 2 and before[0].startswith("_") and before[-1].startswith("_"):
+            name = ".".join(before[:-1])[1:]
+        else:
+            name = ".".join(before)
+        return ZoneName("query", zone, name, None, after[0] if after else None)
+    found, datacenter = parse_locality(after)
+    if not found:
+        return ZoneName("invalid", zone)
     if kind == "service":
         if len(before) == 2 and before[0].startswith("_") and before[1].startswith("_"):
-            # RFC 2782: _name._tag; _tcp and _udp are protocols, not tag filters.
+            # RFC 2782: _name._tag; only _tcp means "no tag" (as in Consul: _udp
+            # is a tag like any other).
             tag: str | None = before[1][1:]
-            if tag in ("tcp", "udp"):
+            if tag == "tcp":
                 tag = None
             return ZoneName("service", zone, before[0][1:], tag, datacenter)
         # Consul joins extra labels into the tag: a.b.web.service -> tag "a.b".
@@ -79,11 +130,6 @@ def parse_zone_name(relative: list[bytes], zone: str) -> ZoneName:
         return ZoneName("service", zone, before[-1], tag, datacenter)
     if kind == "node":
         return ZoneName("node", zone, ".".join(before), None, datacenter)
-    if kind == "addr":
-        address = parse_hex_address(before[0]) if len(before) == 1 else None
-        if address is None:
-            return ZoneName("invalid", zone)
-        return ZoneName("addr", zone, before[0], None, datacenter, address)
     return ZoneName(kind, zone, ".".join(before), None, datacenter)
 
 

@@ -5,16 +5,16 @@ validated :class:`PreparedQuery` values gathered in a :class:`QuerySet`;
 choosing which query a name ``<name-or-id>.query`` selects; rendering
 templates; and evaluating the chosen query against a :class:`Snapshot`,
 failover included, as Consul's ``PreparedQuery.Execute`` does. Pure: no I/O,
-no clock, nothing shared is mutated. Imports: ``model``, ``table`` and the
-standard library only.
+no clock, nothing shared is mutated. Imports: ``model`` and the standard
+library only (``table`` for its types).
 
 Which query a name selects (Consul's ``PreparedQueryResolve``), the name being
 lower-cased first as Consul's DNS does: a query whose ID it is; else the query
 with that exact name (case-insensitive; templates too); else the template
 whose name is the longest prefix of it (an empty-named template matches
 everything). A template is then rendered for the name: every string of its
-``Service`` (the service, tags, failover datacenters, service meta values)
-gets ``${name.full}``, ``${name.prefix}`` (the template's name),
+``Service`` (the service, tags, failover datacenters, service and node meta
+values) gets ``${name.full}``, ``${name.prefix}`` (the template's name),
 ``${name.suffix}`` (the name minus that prefix), ``${match(N)}`` (group N of
 ``Template.Regexp`` searched in the name; '' when it does not match or has no
 such group), ``${agent.segment}`` ('' here) and ``$${`` (a literal ``${``);
@@ -23,8 +23,9 @@ with ``RemoveEmptyTags`` the tags left empty are dropped.
 Which instances answer: those of the rendered service in the datacenter the
 name asks (the local one by default) that are not critical, not warning when
 the query (or the caller) says only-passing, carry every listed tag and none
-of the ``!``-prefixed ones (case-insensitive), and carry the listed service
-meta. When none does, the listed ``Failover.Datacenters`` are tried in order,
+of the ``!``-prefixed ones (case-insensitive), carry the listed service meta,
+and whose node carries the listed node meta (``NodeMeta``, the table's node
+meta). When none does, the listed ``Failover.Datacenters`` are tried in order,
 skipping the asked one and those the table does not hold, and the first with
 such instances answers.
 
@@ -39,14 +40,13 @@ is None when the query sets none and the caller's service TTL applies.
 
 What dnsd cannot evaluate from its table is said once per definition, as a
 warning from :func:`parse_queries`: a filter that would let through instances
-Consul leaves out (``NodeMeta``: the table holds no node meta; ``Connect``;
-``Peer``, ``SamenessGroup``, a non-default ``Namespace`` or ``Partition``)
-leaves the query out; one that can only narrow or reorder the answer is
-ignored with a warning (``IgnoreCheckIDs``: the table keeps one health per
-instance, not each check, so fewer instances answer than in Consul;
-``NearestN`` and peer failover ``Targets``: no network coordinates or peers
-here, so failover goes straight to the listed datacenters). ``Near`` only
-orders results, which the answer stage rotates anyway.
+Consul leaves out (``Connect``; ``Peer``, ``SamenessGroup``, a non-default
+``Namespace`` or ``Partition``) leaves the query out; one that can only narrow
+or reorder the answer is ignored with a warning (``IgnoreCheckIDs``: the table
+keeps one health per instance, not each check, so fewer instances answer than
+in Consul; ``NearestN`` and peer failover ``Targets``: no network coordinates
+or peers here, so failover goes straight to the listed datacenters). ``Near``
+only orders results, which the answer stage rotates anyway.
 """
 
 from __future__ import annotations
@@ -55,9 +55,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from dnsd.model import Health, Instance
-from dnsd.table import Snapshot
+
+if TYPE_CHECKING:  # the table holds parsed query sets: it imports this module
+    from dnsd.table import Snapshot
 
 TEMPLATE_TYPE = "name_prefix_match"
 """The only ``Template.Type`` Consul knows."""
@@ -211,6 +214,7 @@ class PreparedQuery:
     only_passing: bool = False
     failover_datacenters: tuple[str, ...] = ()
     service_meta: tuple[tuple[str, str], ...] = ()
+    node_meta: tuple[tuple[str, str], ...] = ()
     ttl: int | None = None
     template: Template | None = None
     _compiled: tuple[tuple[_Piece, ...], ...] = field(init=False, repr=False, compare=False)
@@ -223,7 +227,8 @@ class PreparedQuery:
         if self.ttl is not None and self.ttl < 0:
             raise ValueError(f"DNS TTL {self.ttl} is negative")
         strings = (self.service, *self.tags, *self.failover_datacenters,
-                   *(value for _, value in self.service_meta))
+                   *(value for _, value in self.service_meta),
+                   *(value for _, value in self.node_meta))
         compiled: tuple[tuple[_Piece, ...], ...] = tuple(
             (s,) if self.template is None else _compile(s) for s in strings)
         object.__setattr__(self, "_compiled", compiled)
@@ -246,13 +251,14 @@ class Rendered:
     tags: tuple[str, ...]
     failover_datacenters: tuple[str, ...]
     service_meta: tuple[tuple[str, str], ...]
+    node_meta: tuple[tuple[str, str], ...] = ()
 
 
 def render(query: PreparedQuery, name: str) -> Rendered:
     """``query``'s strings for the asked ``name`` (a template's interpolated)."""
     if query.template is None:
         return Rendered(query.service, query.tags, query.failover_datacenters,
-                        query.service_meta)
+                        query.service_meta, query.node_meta)
     groups: tuple[str, ...] = ()
     if query.template.regexp is not None:
         found = query.template.regexp.search(name)
@@ -270,7 +276,8 @@ def render(query: PreparedQuery, name: str) -> Rendered:
         tags = tuple(t for t in tags if t)
     datacenters = tuple(next(strings) for _ in query.failover_datacenters)
     meta = tuple((key, next(strings)) for key, _ in query.service_meta)
-    return Rendered(service, tags, datacenters, meta)
+    node_meta = tuple((key, next(strings)) for key, _ in query.node_meta)
+    return Rendered(service, tags, datacenters, meta, node_meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,11 +380,6 @@ def _definition(raw: Mapping[str, object], warn: list[str],
         if _str(service, key, f"Service.{key}") not in ("", "default"):
             warn.append(f"{label}: left out: Service.{key} is not the default one")
             return None
-    node_meta = service.get("NodeMeta")
-    if node_meta:
-        warn.append(f"{label}: left out: Service.NodeMeta cannot be evaluated "
-                    f"(the table holds no node meta)")
-        return None
     if service.get("Connect") is True:
         warn.append(f"{label}: left out: Service.Connect selects Connect proxies, "
                     f"which the table does not hold")
@@ -400,6 +402,10 @@ def _definition(raw: Mapping[str, object], warn: list[str],
     meta = service.get("ServiceMeta") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise ValueError("Service.ServiceMeta is not a map of strings")
+    node_meta = service.get("NodeMeta") or {}
+    if not isinstance(node_meta, dict) or not all(isinstance(v, str)
+                                                  for v in node_meta.values()):
+        raise ValueError("Service.NodeMeta is not a map of strings")
     ttl: int | None = None
     ttl_text = _str(_obj(raw, "DNS", "DNS"), "TTL", "DNS.TTL")
     if ttl_text:
@@ -427,7 +433,8 @@ def _definition(raw: Mapping[str, object], warn: list[str],
         tags=_strs(service.get("Tags"), "Service.Tags"),
         only_passing=service.get("OnlyPassing") is True,
         failover_datacenters=tuple(datacenters),
-        service_meta=tuple(sorted(meta.items())), ttl=ttl, template=compiled)
+        service_meta=tuple(sorted(meta.items())), node_meta=tuple(sorted(node_meta.items())),
+        ttl=ttl, template=compiled)
 
 
 def parse_queries(data: object) -> tuple[QuerySet, tuple[str, ...]]:
@@ -499,13 +506,23 @@ def _qualifies(inst: Instance, only_passing: bool, required: frozenset[str],
     return all(inst.meta.get(key) == value for key, value in meta)
 
 
+def _node_qualifies(snapshot: Snapshot, datacenter: str, inst: Instance,
+                    node_meta: tuple[tuple[str, str], ...]) -> bool:
+    """Whether the instance's node carries every listed meta value (exactly)."""
+    if not node_meta:
+        return True
+    node = snapshot.nodes.get((datacenter, inst.node.lower()))
+    return node is not None and all(node.meta.get(key) == value for key, value in node_meta)
+
+
 def _instances(snapshot: Snapshot, datacenter: str, rendered: Rendered,
                only_passing: bool) -> tuple[Instance, ...]:
     required = frozenset(t.lower() for t in rendered.tags if not t.startswith("!"))
     excluded = frozenset(t[1:].lower() for t in rendered.tags if t.startswith("!"))
     group = snapshot.services.get((datacenter, rendered.service.lower()), ())
     return tuple(i for i in group
-                 if _qualifies(i, only_passing, required, excluded, rendered.service_meta))
+                 if _qualifies(i, only_passing, required, excluded, rendered.service_meta)
+                 and _node_qualifies(snapshot, datacenter, i, rendered.node_meta))
 
 
 def _failover_order(listed: Iterable[str], asked: str, snapshot: Snapshot) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from dnslib import AAAA, CNAME, NS, PTR, RD, SOA, SRV, A, DNSRecord
+from dnslib import AAAA, CNAME, NS, PTR, RD, SOA, SRV, TXT, A, DNSRecord
 from dnslib.label import DNSBuffer
 
 from dnsd.wire import CLASS_IN, encode_name
@@ -18,7 +18,7 @@ from dnsd.wire import CLASS_IN, encode_name
 # The question name always starts at offset 12 (RFC 1035 4.1.4 pointer), and it
 # is echoed exactly as received, so an owner equal to the question can point there.
 QNAME_POINTER = b"\xc0\x0c"
-T_A, T_NS, T_CNAME, T_SOA, T_PTR = 1, 2, 5, 6, 12
+T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_TXT = 1, 2, 5, 6, 12, 16
 T_AAAA, T_SRV, T_DNAME, T_RRSIG = 28, 33, 39, 46
 
 
@@ -70,21 +70,31 @@ def ns(owner: bytes, ttl: int, target: str) -> bytes:
     return record(owner, T_NS, ttl, NS(target.rstrip(".") + "."))
 
 
-def soa(owner: bytes, zone: str, serial: int, minimum: int) -> bytes:
-    """Consul's SOA: ns/hostmaster names, 3600/600/86400, the negative TTL as
-    both the minimum and the record's own TTL (RFC 2308 3)."""
+def txt(owner: bytes, ttl: int, text: str) -> bytes:
+    """A TXT record of one text, cut into the 255-octet strings RFC 1035 3.3.14
+    allows (a client joins them again)."""
+    data = text.encode("utf-8")
+    chunks = [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+    return record(owner, T_TXT, ttl, TXT(chunks))
+
+
+def soa(owner: bytes, zone: str, serial: int, minimum: int, refresh: int = 3600,
+        retry: int = 600, expire: int = 86400) -> bytes:
+    """Consul's SOA: ns/hostmaster names, its timers (3600/600/86400 unless set),
+    the negative TTL as both the minimum and the record's own TTL (RFC 2308 3)."""
     rd = SOA(f"ns.{zone}.", f"hostmaster.{zone}.",
-             (serial & 0xFFFFFFFF, 3600, 600, 86400, minimum))
+             (serial & 0xFFFFFFFF, refresh, retry, expire, minimum))
     return record(owner, T_SOA, minimum, rd)
 
 
-def address_answers(reply: bytes, target: str) -> list[bytes]:
+def address_answers(reply: bytes, target: str, ttl: int | None = None) -> list[bytes]:
     """The CNAME chain that starts at ``target`` in a NOERROR reply's answer
     section, with the A and AAAA records of the names on it, each re-encoded to
     stand alone, in the reply's order; [] for any other reply (or one that won't
     parse). Records of other owners are left out: they go into an authoritative
     answer of dnsd's, and an upstream, wrong or hostile, must not be able to put
-    records for other names there (least of all dnsd's own)."""
+    records for other names there (least of all dnsd's own). ``ttl``, when
+    given, replaces the records' own (Consul gives them the service's)."""
     try:
         parsed = DNSRecord.parse(reply)
     except Exception:  # dnslib raises several kinds on bad input
@@ -102,8 +112,8 @@ def address_answers(reply: bytes, target: str) -> list[bytes]:
                 if next_name not in chain:
                     chain.add(next_name)
                     grew = True
-    return [record(name(str(r.rname)), r.rtype, r.ttl, r.rdata) for r in found
-            if _folded(str(r.rname)) in chain]
+    return [record(name(str(r.rname)), r.rtype, r.ttl if ttl is None else ttl, r.rdata)
+            for r in found if _folded(str(r.rname)) in chain]
 
 
 def _folded(text: str) -> str:

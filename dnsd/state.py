@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dnsd.errors import StateFileError
-from dnsd.model import Health, Instance, Node, View
+from dnsd.model import Health, Instance, Node, ServiceAddress, View
 
 log = logging.getLogger("dnsd.state")
 
@@ -48,7 +48,9 @@ def _instance_json(inst: Instance) -> dict[str, Any]:
             "id": inst.id, "address": inst.address, "node_address": inst.node_address,
             "port": inst.port, "tags": list(inst.tags), "health": inst.health.value,
             "weight_passing": inst.weight_passing, "weight_warning": inst.weight_warning,
-            "meta": dict(inst.meta)}
+            "meta": dict(inst.meta),
+            "tagged_addresses": {tag: {"address": a.address, "port": a.port}
+                                 for tag, a in inst.tagged_addresses.items()}}
 
 
 def encode_views(views: Mapping[str, View], saved_at: float | None = None) -> bytes:
@@ -60,8 +62,10 @@ def encode_views(views: Mapping[str, View], saved_at: float | None = None) -> by
             name: {"local_datacenter": view.local_datacenter,
                    "instances": [_instance_json(i) for i in view.instances],
                    "nodes": [{"name": n.name, "datacenter": n.datacenter, "address": n.address,
-                              "meta": dict(n.meta)}
-                             for n in view.nodes]}
+                              "meta": dict(n.meta),
+                              "tagged_addresses": dict(n.tagged_addresses)}
+                             for n in view.nodes],
+                   "prepared": dict(view.prepared)}
             for name, view in sorted(views.items())
         },
     }
@@ -101,6 +105,29 @@ def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wher
     return value
 
 
+def _string_map(raw: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
+    """An optional map of strings (absent in files saved before it existed)."""
+    value = raw.get(key, {})
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"{where}: {key} must map strings to strings")
+    return value
+
+
+def _service_addresses(raw: Mapping[str, Any], where: str) -> dict[str, ServiceAddress]:
+    """An instance's tagged addresses (absent in files saved before them)."""
+    value = raw.get("tagged_addresses", {})
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: tagged_addresses must be an object")
+    out = {}
+    for tag, item in value.items():
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: tagged_addresses[{tag!r}] must be an object")
+        out[tag] = ServiceAddress(_field(item, "address", str, where),
+                                  _field(item, "port", int, where))
+    return out
+
+
 def _decode_instance(raw: object, where: str) -> Instance:
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: not an object")
@@ -122,7 +149,8 @@ def _decode_instance(raw: object, where: str) -> Instance:
             node_address=_field(raw, "node_address", str, where),
             port=_field(raw, "port", int, where), tags=tuple(tags), health=health,
             weight_passing=_field(raw, "weight_passing", int, where),
-            weight_warning=_field(raw, "weight_warning", int, where), meta=dict(meta))
+            weight_warning=_field(raw, "weight_warning", int, where), meta=dict(meta),
+            tagged_addresses=_service_addresses(raw, where))
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
 
@@ -130,13 +158,11 @@ def _decode_instance(raw: object, where: str) -> Instance:
 def _decode_node(raw: object, where: str) -> Node:
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: not an object")
-    meta = raw.get("meta", {})  # absent in files saved before nodes had meta
-    if not isinstance(meta, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise ValueError(f"{where}: meta must map strings to strings")
+    meta = _string_map(raw, "meta", where)  # absent in files saved before nodes had meta
+    tagged = _string_map(raw, "tagged_addresses", where)
     try:
         return Node(_field(raw, "name", str, where), _field(raw, "datacenter", str, where),
-                    _field(raw, "address", str, where), meta)
+                    _field(raw, "address", str, where), meta, tagged)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
 
@@ -169,7 +195,7 @@ def decode_views(payload: bytes) -> dict[str, View]:
             tuple(_decode_instance(r, f"views[{name!r}].instances[{i}]")
                   for i, r in enumerate(instances)),
             tuple(_decode_node(r, f"views[{name!r}].nodes[{i}]") for i, r in enumerate(nodes)),
-            local)
+            local, _string_map(raw, "prepared", f"views[{name!r}]"))
     return views
 
 

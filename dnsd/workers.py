@@ -8,7 +8,8 @@ registry (N is the core count, so a handful of extra long-polls).
 
 The supervisor resolves port 0 once, so every worker binds the same ports, then
 forks the workers, forwards SIGTERM/SIGINT/SIGHUP to them, and restarts one that
-dies unexpectedly. Imports: ``config``, ``app``.
+dies unexpectedly. Imports: ``config``, ``listen``, ``signals``
+(the worker itself is run by the caller).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ RESTART_BACKOFF = 1.0
 
 def resolve_ports(config: Config) -> Config:
     """Replace port 0 listen addresses with a port free for both UDP and TCP."""
-    return dataclasses.replace(config, listen=pick_ports(config.listen))
+    return dataclasses.replace(config, listen=pick_ports(config.listen, config.freebind))
 
 
 def supervise(config: Config,

@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.dnsd_process import DnsdProcess
+from tests.docker_engine import unavailable_reason as docker_unavailable_reason
+from tests.docker_image import Build, build_image
+from tests.docker_lab import DockerLab
+from tests.docker_lab import docker_lab as start_docker_lab
 
 DATA = Path(__file__).parent / "data"
 SERVICES = DATA / "services.toml"
@@ -58,3 +62,21 @@ def dnsd_each_loop(request: pytest.FixtureRequest) -> Iterator[DnsdProcess]:
     """The ``dnsd`` fixture's server, once with each UDP loop."""
     with _test_dnsd(udp_loop_env(request.param)) as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def docker_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerLab]:
+    """One private Docker engine per session with dnsd as its ``dns`` server
+    (``tests/docker_lab.py``); skipped with the reason where it cannot run."""
+    reason = docker_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"DOCKER NOT RUN: {reason}")
+    with start_docker_lab(tmp_path_factory.mktemp("docker")) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="session")
+def dnsd_image(docker_lab: DockerLab) -> Build:
+    """``docker/Dockerfile`` built on the session's engine as ``dnsd:local``
+    (``tests/docker_image.py``: a local Debian base, wheels from the host)."""
+    return build_image(docker_lab.engine)

@@ -15,11 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import dns.message
 import dns.query
 import dns.rdatatype
+
+from tests.waiting import wait_until
+
+__all__ = ["DnsdProcess", "run_cli", "wait_until"]
 
 _LISTENING = re.compile(r"listening on (\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+)")
 
@@ -135,19 +139,6 @@ class DnsdProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_until(check: Callable[[], object], timeout: float = 30.0,
-               interval: float = 0.002) -> float:
-    """Poll ``check`` until it is true; return the seconds it took (fails on timeout).
-
-    The timeout only bounds a failure: it is generous because a busy machine
-    may be slow, and tests assert that the event happens, not how fast."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, "timed out"
-        time.sleep(interval)
-    return time.monotonic() - started
 
 
 def run_cli(args: Sequence[str], env: dict[str, str] | None = None,

@@ -65,7 +65,8 @@ def _nsswitch_text() -> str:
 _OURS = re.compile(r"^dnsdt-(\d+)-[0-9a-f]+$")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` exists (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -84,7 +85,7 @@ def sweep_stale() -> None:
     for line in listing.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         match = _OURS.match(name)
-        if not match or _alive(int(match.group(1))):
+        if not match or process_alive(int(match.group(1))):
             continue
         pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
                               timeout=10)

@@ -29,7 +29,8 @@ received, adding its own), so a query that comes back carries our own mark.
 It is answered SERVFAIL, logged once a minute at most, and counted. A query with
 more than ``MAX_MARKS`` marks is taken for a loop as well.
 
-Imports: ``hostport``, ``render``, ``wire``, ``forward.*``.
+Imports: ``hostport``, ``render``, ``wire``, and ``forward``'s other modules
+(``cache``, ``exchange``, ``health``, ``policy``, ``routes``).
 """
 
 from __future__ import annotations

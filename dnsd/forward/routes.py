@@ -42,9 +42,17 @@ def default_upstreams(resolv_conf: str, own: Sequence[HostPort]) -> tuple[HostPo
     return tuple(found)
 
 
+# Docker's embedded resolver. Inside a container on a user-defined network,
+# resolv.conf names it, and the engine redirects 127.0.0.11:53 in the
+# container's own namespace (iptables DNAT) to its resolver: a wildcard listener
+# there never receives what is sent to it, so it is a real upstream.
+DOCKER_RESOLVER = ipaddress.ip_address("127.0.0.11")
+
+
 def is_own(addr: HostPort, own: Iterable[HostPort]) -> bool:
     """True when ``addr`` reaches one of dnsd's listen addresses. A wildcard
-    listener (0.0.0.0 or ::) is reached through any loopback address too."""
+    listener (0.0.0.0 or ::) is reached through any loopback address too, except
+    Docker's resolver 127.0.0.11, which is ours only when listened on by name."""
     try:
         ip = ipaddress.ip_address(addr[0].split("%")[0])
     except ValueError:
@@ -56,7 +64,10 @@ def is_own(addr: HostPort, own: Iterable[HostPort]) -> bool:
             mine = ipaddress.ip_address(host.split("%")[0])
         except ValueError:
             continue
-        if mine == ip or (mine.is_unspecified and (ip.is_loopback or ip.is_unspecified)):
+        if mine == ip:
+            return True
+        if mine.is_unspecified and (ip.is_unspecified
+                                    or (ip.is_loopback and ip != DOCKER_RESOLVER)):
             return True
     return False
 

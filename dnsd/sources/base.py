@@ -10,7 +10,8 @@ loop with ``loop.call_soon_threadsafe`` first. Imports: ``model`` only.
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol
 
 from dnsd.model import View
 
@@ -21,6 +22,17 @@ class SourceState(enum.Enum):
     SYNCING = "syncing"  # started, no complete view published yet
     UP = "up"            # connected; its last view is current
     STALE = "stale"      # registry unreachable; its last view is still served
+
+
+class Gauge(NamedTuple):
+    """One value a source offers ``/metrics`` beside its event counters (a
+    source may have a ``gauges`` property listing them, read at scrape time);
+    the metrics endpoint adds the ``source`` label."""
+
+    name: str                   # e.g. dnsd_consul_last_contact_seconds
+    help: str
+    labels: Mapping[str, str]   # the same label names for every gauge of one name
+    value: float
 
 
 class Sink(Protocol):

@@ -9,29 +9,48 @@ Registrator's zookeeper adapter (``zookeeper://host:2181/<base>``) writes::
 and deletes ``<base>/<name>`` once its last instance is gone. The base path is a
 plain path, not a kazoo chroot: registrator itself uses it that way.
 
+Node meta: registrator has no notion of it (its JSON carries the container's
+``SERVICE_*`` settings as ``Attrs``, keys lower-cased, and nothing of the
+host). dnsd's convention: an ``Attrs`` key ``node_meta_<key>`` (what
+registrator writes for ``SERVICE_NODE_META_<KEY>``) sets node meta ``<key>``
+on the instance's node, for node TXT answers and prepared queries'
+``NodeMeta``. The attribute stays in the instance's meta too, so JSON that
+already carried such keys is read as before. Instances of one node that
+disagree on a key: the first (by service, then znode name) wins.
+
 This module owns the kazoo client; no other module imports kazoo. kazoo calls
 watches, request completions and state listeners on its own threads: those
 callbacks do nothing but hop to the event loop with ``call_soon_threadsafe``.
 Every piece of state below lives on the loop thread, and only the loop publishes.
 
+The loop never calls kazoo itself: a kazoo request writes a byte to a
+socketpair that only kazoo's connection thread drains, and only while it is
+connected, so with ZooKeeper gone a few hundred requests fill it and the next
+one blocks its caller for good (the whole server, were that the loop). Reads
+are queued on the loop and handed to one submitting thread, at most
+``max_reads_in_flight`` at a time, and none while the connection is down: the
+socketpair never holds more than that many bytes.
+
 Sync model: the tree (services -> children -> parsed data) is kept current by
 one-shot ZooKeeper watches, each of which triggers a fresh read that sets the
-next watch. A view is published when no read is outstanding (after a debounce
-of a few milliseconds, so a burst becomes one swap). kazoo drops every watch
-when the connection is lost, so after each (re)connection the whole tree is
-listed again under a new *generation*; replies to reads of older generations
-are ignored, and the fresh view is published only once that listing is
-complete. Imports: ``config``, ``model``, ``sources.base``.
+next watch. A view is published (through the shared ``Publisher``) when no
+read is outstanding, after a debounce of a few milliseconds, so a burst
+becomes one swap. kazoo drops every watch when the connection is lost, so
+after each (re)connection the whole tree is listed again under a new
+*generation*; replies to reads of older generations are ignored, and the
+fresh view is published only once that listing is complete. Imports:
+``model``, ``sources`` (base, publisher, threads).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import ipaddress
 import json
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +69,20 @@ from kazoo.protocol.states import (
 )
 from kazoo.retry import KazooRetry
 
-from dnsd.config import Config
-from dnsd.model import AddressKind, Instance, View, classify_address, is_hostname, is_label
+from dnsd.model import (
+    NO_META,
+    AddressKind,
+    Instance,
+    Node,
+    View,
+    classify_address,
+    freeze_meta,
+    is_hostname,
+    is_label,
+)
 from dnsd.sources.base import Sink, SourceState
+from dnsd.sources.publisher import Publisher
+from dnsd.sources.threads import ClientThreads, LoopHop
 
 log = logging.getLogger("dnsd.zookeeper")
 
@@ -73,6 +103,14 @@ MAX_RETRY_DELAY = 2.0
 """Longest pause between reconnection attempts while ZooKeeper is down."""
 CONNECT_GRACE = 3.0
 """Seconds to wait for the first connection before reporting the source stale."""
+MAX_DATA_BYTES = 64 * 1024
+"""Instance data larger than this is not parsed (registrator writes a few hundred
+bytes); the child's name serves instead."""
+NODE_META_PREFIX = "node_meta_"
+"""An ``Attrs`` key with this prefix also sets the node's meta (the rest of the key)."""
+MAX_READS_IN_FLIGHT = 128
+"""Reads handed to kazoo and not yet answered; kazoo's wake-up socketpair holds
+a few hundred requests, so this keeps its writer from ever blocking."""
 
 _CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
@@ -148,6 +186,7 @@ class Parsed:
 
     instance: Instance | None
     problem: str = ""
+    node_meta: Mapping[str, str] = NO_META  # what its ``node_meta_*`` attributes say
 
 
 def parse_instance(service: str, child: str, data: bytes, datacenter: str) -> Parsed:
@@ -162,9 +201,13 @@ def parse_instance(service: str, child: str, data: bytes, datacenter: str) -> Pa
         return Parsed(None, f"service name {service!r} is not a valid DNS label")
     problems: list[str] = []
     body: dict[str, Any] = {}
-    if data.strip():
+    if len(data) > MAX_DATA_BYTES:
+        problems.append(f"data is {len(data)} bytes, more than {MAX_DATA_BYTES}")
+    elif data.strip():
         try:
             loaded = json.loads(data)
+        except RecursionError:
+            problems.append("data is JSON nested too deeply")
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(f"data is not JSON ({exc})")
         else:
@@ -219,7 +262,9 @@ def parse_instance(service: str, child: str, data: bytes, datacenter: str) -> Pa
     except ValueError as exc:  # the model's own checks (e.g. the datacenter)
         problems.append(str(exc))
         return Parsed(None, "; ".join(problems))
-    return Parsed(instance, "; ".join(problems))
+    node_meta = {key[len(NODE_META_PREFIX):]: value for key, value in meta.items()
+                 if key.startswith(NODE_META_PREFIX) and len(key) > len(NODE_META_PREFIX)}
+    return Parsed(instance, "; ".join(problems), freeze_meta(node_meta))
 
 
 def _meta_text(value: str | int | float | bool) -> str:
@@ -237,29 +282,53 @@ def _close_client(client: Any) -> None:
         log.debug("error closing the ZooKeeper client", exc_info=True)
 
 
+@dataclass(frozen=True, slots=True)
+class ZooKeeperSettings:
+    """Everything the ZooKeeper source runs with (built from the configuration
+    by ``sources.registry``)."""
+
+    spec: str                      # HOSTS/PATH as given, e.g. zk1:2181,zk2:2181/services
+    datacenter: str                # the datacenter its instances are served in
+    session_timeout: float = SESSION_TIMEOUT
+    max_retry_delay: float = MAX_RETRY_DELAY
+    connect_grace: float = CONNECT_GRACE
+    max_reads_in_flight: int = MAX_READS_IN_FLIGHT
+
+    @property
+    def hosts(self) -> str:
+        return split_zookeeper(self.spec)[0]
+
+    @property
+    def base(self) -> str:
+        return split_zookeeper(self.spec)[1]
+
+
 class ZooKeeperSource:
     """Watches registrator's tree in ZooKeeper and publishes it as a view."""
 
-    def __init__(self, config: Config, *, session_timeout: float = SESSION_TIMEOUT,
-                 max_retry_delay: float = MAX_RETRY_DELAY,
-                 connect_grace: float = CONNECT_GRACE) -> None:
-        if not config.zookeeper:
-            raise ValueError("ZooKeeperSource needs config.zookeeper")
-        self.spec = config.zookeeper
-        self.hosts, self.base = split_zookeeper(config.zookeeper)
-        self.datacenter = config.zookeeper_datacenter or config.datacenter
-        self.session_timeout = session_timeout
-        self.max_retry_delay = max_retry_delay
-        self.connect_grace = connect_grace
+    def __init__(self, settings: ZooKeeperSettings) -> None:
+        self.settings = settings
+        self.spec = settings.spec
+        self.hosts, self.base = settings.hosts, settings.base
+        self.datacenter = settings.datacenter
+        self.session_timeout = settings.session_timeout
+        self.max_retry_delay = settings.max_retry_delay
+        self.connect_grace = settings.connect_grace
         # Counters for metrics; monotonic over the process lifetime.
         self.skipped_total = 0       # instance znodes that yielded no instance
         self.ignored_total = 0       # znodes whose JSON (or part of it) was ignored
         self.resyncs_total = 0       # full re-listings (one per (re)connection)
-        self.publishes_total = 0
+        self._publishes_before = 0   # by the publishers of runs that ended
+        self._watcher: _Watcher | None = None
 
     @property
     def name(self) -> str:
         return f"zookeeper:{self.spec}"
+
+    @property
+    def publishes_total(self) -> int:
+        current = self._watcher.publisher.publishes if self._watcher is not None else 0
+        return self._publishes_before + current
 
     @property
     def counters(self) -> dict[str, int]:
@@ -276,17 +345,32 @@ class ZooKeeperSource:
                            max_delay=self.max_retry_delay)
         client = KazooClient(hosts=self.hosts, timeout=self.session_timeout,
                              connection_retry=retry, logger=_kazoo_log)
-        watcher = _Watcher(self, client, sink, loop)
+        submitter: ClientThreads[Any] = ClientThreads(lambda: client, "zookeeper-reads", 1)
+        watcher = self._watcher = _Watcher(self, client, submitter, sink, loop)
         client.add_listener(watcher.kazoo_state)
         grace = loop.call_later(self.connect_grace, watcher.connect_overdue)
         try:
             log.info("connecting to ZooKeeper %s, watching %s", self.hosts, self.base)
-            client.start_async()
+            await submitter.call(lambda c: c.start_async())
             await loop.create_future()  # runs until cancelled
         finally:
             grace.cancel()
             watcher.close()
+            submitter.close()
+            self._publishes_before += watcher.publisher.publishes
+            self._watcher = None
             await asyncio.shield(asyncio.to_thread(_close_client, client))
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One read of a znode, with what to do with its outcome (on the loop)."""
+
+    kind: str                  # "children", "data" or "exists"
+    path: str
+    generation: int            # the listing it belongs to
+    on_result: Callable[[Any], None]
+    on_missing: Callable[[], None]
 
 
 class _Watcher:
@@ -296,60 +380,52 @@ class _Watcher:
     the read completions, which only hop to the loop.
     """
 
-    def __init__(self, source: ZooKeeperSource, client: Any, sink: Sink,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, source: ZooKeeperSource, client: Any, submitter: ClientThreads[Any],
+                 sink: Sink, loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
         self._client = client
-        self._sink = sink
+        self._submitter = submitter
         self._loop = loop
         self.base = source.base
         self._services: dict[str, dict[str, Parsed | None]] = {}  # None: data being read
         self._generation = 0
-        self._outstanding = 0            # reads of the current generation in flight
+        self._outstanding = 0            # reads of the current generation not yet done
+        self._queue: deque[_Read] = deque()  # reads waiting for a slot (and a connection)
+        self._in_flight = 0              # reads handed to kazoo, of any generation
+        self._max_in_flight = max(1, source.settings.max_reads_in_flight)
         self._connected = False
         self._listing = False            # a full listing is in progress
         self._failed = False             # a read of this generation lost the connection
-        self._state: SourceState = SourceState.SYNCING
-        self._reason = ""
-        self._published: View | None = None
-        self._dirty_since: float | None = None
-        self._debounce: asyncio.TimerHandle | None = None
-        self._max_delay: asyncio.TimerHandle | None = None
         self._closed = False
+        self._hop = LoopHop(loop)  # kazoo's threads reach the loop through this only
+        # A view goes out after DEBOUNCE of quiet with no read outstanding (a
+        # burst becomes one swap), and at least every MAX_DELAY under churn.
+        self.publisher = Publisher(sink, source.name, self._view, log=log, debounce=DEBOUNCE,
+                                   max_delay=MAX_DELAY, settled=lambda: self._outstanding == 0,
+                                   after=self._published)
 
     def close(self) -> None:
         self._closed = True
-        for handle in (self._debounce, self._max_delay):
-            if handle is not None:
-                handle.cancel()
+        self._hop.close()
+        self.publisher.close()
 
     def connect_overdue(self) -> None:
-        if not self._connected and self._state is SourceState.SYNCING:
+        if not self._connected and self.publisher.state is SourceState.SYNCING:
             self._set_state(SourceState.STALE, f"cannot reach ZooKeeper at {self.source.hosts}")
 
     def _set_state(self, state: SourceState, reason: str = "") -> None:
         # Once per change: a lost connection that turns into an expired session
         # is worth its own line, a retry that fails again is not.
-        if (state, reason) == (self._state, self._reason):
+        if not self.publisher.report(state, reason):
             return
-        self._state, self._reason = state, reason
         if state is SourceState.STALE:
             log.warning("ZooKeeper %s: stale, serving the last view: %s", self.source.hosts, reason)
         else:
             log.info("ZooKeeper %s: %s%s", self.source.hosts, state.value,
                      f" ({reason})" if reason else "")
-        self._sink.set_state(self.source.name, state, reason)
 
     # --- hops from kazoo's threads to the loop ---------------------------------
 
-    def _hop(self, func: Callable[..., None], *args: Any) -> None:
-        """Run ``func(*args)`` on the loop; called from kazoo's threads."""
-        loop = self._loop
-        if self._closed:
-            return
-        # RuntimeError: the loop closed under us during shutdown.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(func, *args)
 
     def kazoo_state(self, state: str) -> None:
         # On kazoo's connection thread, which must never block.
@@ -362,51 +438,79 @@ class _Watcher:
 
     def _read(self, kind: str, path: str, on_result: Callable[[Any], None],
               on_missing: Callable[[], None]) -> None:
-        """Start an async read with a watch; its outcome comes back on the loop."""
-        client = self._client
-        generation = self._generation
+        """Queue a read with a watch; its outcome comes back on the loop."""
         self._outstanding += 1
-        try:
-            if kind == "children":
-                result = client.get_children_async(path, watch=self._kazoo_watch)
-            elif kind == "data":
-                result = client.get_async(path, watch=self._kazoo_watch)
-            else:
-                result = client.exists_async(path, watch=self._kazoo_watch)
-        except Exception as exc:  # e.g. the client closing under us
-            self._done(generation, exc, on_result, on_missing)
+        self._queue.append(_Read(kind, path, self._generation, on_result, on_missing))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand queued reads to the submitting thread, within the in-flight
+        bound, and none while disconnected (reconnecting relists anyway)."""
+        if not self._connected or self._closed or not self._queue:
             return
+        batch: list[_Read] = []
+        while self._queue and self._in_flight < self._max_in_flight:
+            batch.append(self._queue.popleft())
+            self._in_flight += 1
+        if batch:
+            self._submitter.submit(lambda client: self._submit(client, batch))
 
-        def completed(async_result: Any) -> None:  # on kazoo's callback thread
+    def _submit(self, client: Any, batch: list[_Read]) -> None:
+        """On the submitting thread: start each read; never on the loop."""
+        for read in batch:
+            if not client.connected:
+                # Lost since the loop looked: kazoo would queue the request and
+                # write its wake-up byte to a socketpair nobody drains.
+                self._hop(self._done, read, ConnectionLoss())
+                continue
             try:
-                value: Any = async_result.get_nowait()
-            except Exception as exc:  # carried to the loop and sorted there
-                value = exc
-            self._hop(self._done, generation, value, on_result, on_missing)
+                if read.kind == "children":
+                    result = client.get_children_async(read.path, watch=self._kazoo_watch)
+                elif read.kind == "data":
+                    result = client.get_async(read.path, watch=self._kazoo_watch)
+                else:
+                    result = client.exists_async(read.path, watch=self._kazoo_watch)
+            except Exception as exc:  # e.g. the client closing under us
+                self._hop(self._done, read, exc)
+                continue
+            result.rawlink(functools.partial(self._completed, read))
 
-        result.rawlink(completed)
+    def _completed(self, read: _Read, async_result: Any) -> None:
+        # On kazoo's callback thread.
+        try:
+            value: Any = async_result.get_nowait()
+        except Exception as exc:  # carried to the loop and sorted there
+            value = exc
+        self._hop(self._done, read, value)
 
     # --- the loop side -----------------------------------------------------------
 
-    def _done(self, generation: int, value: Any, on_result: Callable[[Any], None],
-              on_missing: Callable[[], None]) -> None:
-        if generation != self._generation or self._closed:
+    def _done(self, read: _Read, value: Any) -> None:
+        self._in_flight -= 1
+        if read.generation != self._generation or self._closed:
+            self._pump()
             return  # a reply from before the last reconnection: that listing redoes it
         self._outstanding -= 1
-        if isinstance(value, NoNodeError):
-            on_missing()
-        elif isinstance(value, _CONNECTION_ERRORS):
-            # The state listener reports the loss and the reconnection
-            # relists everything; this generation's view must not be published.
-            self._failed = True
-        elif isinstance(value, BaseException):
-            # e.g. NoAuth on one znode: treat it as absent rather than stall.
-            level = logging.WARNING if isinstance(value, KazooException) else logging.ERROR
-            log.log(level, "ZooKeeper read failed: %r; treating the node as absent", value)
-            on_missing()
-        else:
-            on_result(value)
-        self._changed()
+        try:
+            if isinstance(value, NoNodeError):
+                read.on_missing()
+            elif isinstance(value, _CONNECTION_ERRORS):
+                # The state listener reports the loss and the reconnection
+                # relists everything; this generation's view must not be published.
+                self._failed = True
+            elif isinstance(value, BaseException):
+                # e.g. NoAuth on one znode: treat it as absent rather than stall.
+                level = logging.WARNING if isinstance(value, KazooException) else logging.ERROR
+                log.log(level, "ZooKeeper read failed: %r; treating the node as absent", value)
+                read.on_missing()
+            else:
+                read.on_result(value)
+        except Exception:
+            # One node dnsd cannot digest must not stop the others from being
+            # published: it is left out, and the rest goes on.
+            log.exception("ZooKeeper: cannot use %s; leaving it out", read.path)
+        self._pump()
+        self.publisher.changed()
 
     def _on_state(self, state: str) -> None:
         if self._closed:
@@ -416,15 +520,18 @@ class _Watcher:
             self._relist()
         elif state == KazooState.SUSPENDED:
             self._connected = False
+            self._queue.clear()  # relisted on reconnection
             self._set_state(SourceState.STALE, "connection to ZooKeeper lost")
         elif state == KazooState.LOST:
             self._connected = False
+            self._queue.clear()
             self._set_state(SourceState.STALE, "ZooKeeper session expired")
 
     def _relist(self) -> None:
         """List the whole tree again under a new generation (watches may be gone)."""
         self._generation += 1
         self._outstanding = 0
+        self._queue.clear()
         self._failed = False
         self._listing = True
         self.source.resyncs_total += 1
@@ -449,7 +556,7 @@ class _Watcher:
                 return
             if event.type == EventType.DELETED:
                 del children[child]
-                self._changed()
+                self.publisher.changed()
             elif event.type == EventType.CHANGED:
                 self._read_data(service, child)
 
@@ -533,49 +640,37 @@ class _Watcher:
 
     # --- publishing ----------------------------------------------------------------
 
-    def _changed(self) -> None:
-        """The tree changed or a read finished: schedule a publication."""
-        if self._dirty_since is None:
-            self._dirty_since = self._loop.time()
-            if self._max_delay is None:
-                self._max_delay = self._loop.call_later(MAX_DELAY, self._overdue)
-        if self._outstanding == 0:
-            if self._debounce is not None:
-                self._debounce.cancel()
-            self._debounce = self._loop.call_later(DEBOUNCE, self._settled)
-
-    def _settled(self) -> None:
-        self._debounce = None
-        if self._outstanding == 0:
-            self._publish()
-
-    def _overdue(self) -> None:
-        self._max_delay = None
-        # A partial incremental update is still a state the registry was in
-        # (plus some changes); a partial *listing* is not, so it waits.
-        if self._dirty_since is not None and not self._listing:
-            self._publish()
-
-    def _publish(self) -> None:
+    def _view(self) -> View | None:
+        """The view to publish now, or None while none may go out: without a
+        connection, after a read of this generation lost it, or while a full
+        listing is half done (a partial incremental update is still a state
+        the registry was in, plus some changes; a partial listing is not)."""
         if self._closed or not self._connected or self._failed:
-            return
-        observed_at, self._dirty_since = self._dirty_since, None
-        if self._max_delay is not None:
-            self._max_delay.cancel()
-            self._max_delay = None
-        view = self.view()
-        if view != self._published:
-            self._published = view
-            self.source.publishes_total += 1
-            self._sink.publish(self.source.name, view, observed_at)
+            return None
+        if self._listing and self._outstanding:
+            return None
+        return self.view()
+
+    def _published(self) -> None:
         if self._listing and self._outstanding == 0:
             self._listing = False
             self._set_state(SourceState.UP)
 
     def view(self) -> View:
-        """The view of the tree as currently known (instances being read left out)."""
-        instances = [parsed.instance
-                     for service in sorted(self._services)
-                     for _, parsed in sorted(self._services[service].items())
-                     if parsed is not None and parsed.instance is not None]
-        return View(tuple(instances))
+        """The view of the tree as currently known (instances being read left
+        out), with the nodes whose instances name node meta."""
+        instances: list[Instance] = []
+        metas: dict[str, dict[str, str]] = {}
+        for service in sorted(self._services):
+            for _, parsed in sorted(self._services[service].items()):
+                if parsed is None or parsed.instance is None:
+                    continue
+                instances.append(parsed.instance)
+                if parsed.node_meta:
+                    known = metas.setdefault(parsed.instance.node, {})
+                    for key, value in parsed.node_meta.items():
+                        known.setdefault(key, value)
+        # No address: the table takes the node's address from its instances.
+        nodes = tuple(Node(name, self.source.datacenter, meta=meta)
+                      for name, meta in sorted(metas.items()))
+        return View(tuple(instances), nodes)

@@ -1,6 +1,6 @@
 """Fixtures and helpers for the ZooKeeper tests: a real server, a stand-in for
-registrator that writes exactly what its zookeeper adapter writes, a sink that
-records what a source reports, and a TCP proxy that can cut one client off.
+registrator that writes exactly what its zookeeper adapter writes, and a TCP
+proxy that can cut one client off.
 
 Test modules bind the fixtures by name (an import would trip ruff's F811)::
 
@@ -10,22 +10,18 @@ Test modules bind the fixtures by name (an import would trip ruff's F811)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
 
-from dnsd.model import Instance, View
-from dnsd.sources.base import SourceState
+from tests.waiting import until
 from tests.zookeeper_server import ZooKeeperServer
 
 
@@ -103,46 +99,9 @@ def registrator(zookeeper: ZooKeeperServer) -> Iterator[Registrator]:
         reg.close()
 
 
-@dataclass
-class RecordingSink:
-    """A real Sink that keeps everything a source reported, with loop times."""
-
-    views: list[tuple[float, View]] = field(default_factory=list)
-    states: list[tuple[float, SourceState, str]] = field(default_factory=list)
-
-    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
-        assert threading.current_thread() is threading.main_thread(), "publish off the loop"
-        self.views.append((time.monotonic(), view))
-
-    def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
-        assert threading.current_thread() is threading.main_thread(), "state off the loop"
-        self.states.append((time.monotonic(), state, reason))
-
-    @property
-    def view(self) -> View | None:
-        return self.views[-1][1] if self.views else None
-
-    @property
-    def state(self) -> SourceState:
-        return self.states[-1][1] if self.states else SourceState.SYNCING
-
-    def instances(self, service: str | None = None) -> list[Instance]:
-        view = self.view
-        if view is None:
-            return []
-        return [i for i in view.instances if service is None or i.service == service]
-
-    def endpoints(self, service: str) -> set[tuple[str, int]]:
-        return {(i.address, i.port) for i in self.instances(service)}
-
-
 async def wait_until(predicate: Callable[[], object], timeout: float = 30.0,
                      what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.002)
+    await until(predicate, timeout, what=what)
 
 
 class TcpProxy:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import dns.exception
@@ -65,26 +64,27 @@ def test_bad_input_exits_with_one_line_naming_it(args: list[str], env: dict[str,
 
 
 @pytest.mark.parametrize(("content", "needles"), [
-    ('[[services]]\nport = 80\naddress = "10.0.0.1"\n', ["services[0]", "name", "required"]),
+    ('[[services]]\nport = 80\naddress = "10.0.0.1"\n', ["entry 1", "name", "required"]),
     ('[[services]]\nname = "web"\naddress = "10.0.0.1"\nport = 70000\n',
-     ["services[0] (web)", "port"]),
+     ["entry 1 (web)", "port"]),
     ('[[services]]\nname = "web"\naddress = "10.0.0.1"\nportt = 80\n',
-     ["services[0] (web)", "portt", "unknown field"]),
-    ('[[services]]\nname = "we b"\naddress = "10.0.0.1"\n', ["services[0]", "name"]),
+     ["entry 1 (web)", "portt", "unknown field (did you mean port?)"]),
+    ('[[services]]\nname = "we b"\naddress = "10.0.0.1"\n', ["entry 1", "name"]),
     ('[[services]]\nname = "web"\naddress = "not an address!"\n', ["(web)", "address"]),
     ('[[services]]\nname = "web"\naddress = "10.0.0.400"\n', ["(web)", "address", "10.0.0.400"]),
     ('[[services]]\nname = "web"\naddress = "1.2.3"\n', ["(web)", "address", "'1.2.3'"]),
     ('[[services]]\nname = "web"\naddress = "999.1.1.1"\n', ["(web)", "address"]),
     ('[[services]]\nname = "web"\naddress = "10.0.0.1\\n"\n', ["(web)", "address"]),
-    ('[[services]]\nname = "web\\n"\naddress = "10.0.0.1"\n', ["services[0]", "name"]),
+    ('[[services]]\nname = "web\\n"\naddress = "10.0.0.1"\n', ["entry 1", "name"]),
     ('[[services]]\nname = "web"\n', ["(web)", "address", "node_address"]),
     ('[[services]]\nname = "web"\naddress = "10.0.0.1"\nstatus = "ok"\n', ["status"]),
     ('[[services]]\nname = "web"\naddress = "10.0.0.1"\nweights = { passing = -1 }\n',
      ["weights.passing"]),
     ('[[services]]\nname = "web"\naddress = "10.0.0.1"\ntags = "http"\n', ["tags"]),
     ('[[services]]\nname = "a"\nid = "x"\naddress = "10.0.0.1"\n'
-     '[[services]]\nname = "a"\nid = "x"\naddress = "10.0.0.2"\n', ["services[1] (a)", "id"]),
+     '[[services]]\nname = "a"\nid = "x"\naddress = "10.0.0.2"\n', ["entry 2 (a)", "id"]),
     ("this is not toml", ["not valid TOML"]),
+    ("services = " + "[" * 50_000, ["nested too deeply"]),
 ])
 def test_bad_services_file_names_file_entry_and_field(tmp_path: Path, content: str,
                                                       needles: list[str]) -> None:
@@ -96,6 +96,29 @@ def test_bad_services_file_names_file_entry_and_field(tmp_path: Path, content: s
     assert "\n" not in line and str(path) in line
     for needle in needles:
         assert needle in line
+
+
+def test_deeply_nested_json_services_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "services.json"
+    path.write_text('{"services": ' + "[" * 50_000)
+    result = run_cli(["--static", str(path)])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"dnsd: error: {path}: nested too deeply"]
+
+
+def test_a_file_that_turns_deeply_nested_keeps_serving_without_restarts(
+        tmp_path: Path) -> None:
+    path = tmp_path / "services.toml"
+    path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.1"\n')
+    with DnsdProcess(["--static", str(path)]) as proc:
+        path.write_text("services = " + "[" * 50_000)
+        proc.wait_for_log(r"nested too deeply; still serving its previous version")
+        assert proc.query("web.service.consul", "A").answer[0][0].address == "10.0.0.1"
+        path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.2"\n')
+        wait_until(lambda: proc.query("web.service.consul", "A").answer[0][0].address
+                   == "10.0.0.2")
+        assert "restarting" not in proc.log and "Traceback" not in proc.log
 
 
 def test_json_services_file(tmp_path: Path) -> None:
@@ -155,10 +178,8 @@ def test_sighup_rereads_services_files(tmp_path: Path) -> None:
         path.write_text('[[services]]\nname = "web"\naddress = "10.0.0.7"\n')
         proc.signal(signal.SIGHUP)
         proc.wait_for_log("SIGHUP")
-        deadline = time.monotonic() + 1
-        while proc.query("web.service.consul", "A").answer[0][0].address != "10.0.0.7":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: proc.query("web.service.consul", "A").answer[0][0].address
+                   == "10.0.0.7")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -261,10 +282,7 @@ def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
         proc.wait_for_log("configuration applied")
         assert "node_name changed; restart" in proc.log
         assert proc.query("api.service.consul", "A").answer[0].ttl == 9
-        deadline = time.monotonic() + 2
-        while proc.query("web.service.consul", "A").rcode() != dns.rcode.NXDOMAIN:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: proc.query("web.service.consul", "A").rcode() == dns.rcode.NXDOMAIN)
 
         config.write_text("ttl = 'soon'\n")  # a bad edit keeps the running configuration
         proc.signal(signal.SIGHUP)

@@ -3,6 +3,7 @@ dnsd process watching the Consul API double over real HTTP."""
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import urllib.request
@@ -112,3 +113,30 @@ def test_same_tags_instance_add_and_remove_latency_with_300_services() -> None:
         values.sort()
         print(f"same-tags instance {kind} over 300 services: median "
               f"{statistics.median(values) * 1000:.1f} ms, max {values[-1] * 1000:.1f} ms")
+
+
+def _query_request(double: ConsulDouble, method: str, path: str,
+                   definition: dict[str, object] | None = None) -> bytes:
+    """A prepared query write over HTTP, as an operator sends it."""
+    data = None if definition is None else json.dumps(definition).encode()
+    request = urllib.request.Request(f"{double.url}{path}", data=data, method=method)
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return bytes(reply.read())
+
+
+def test_prepared_queries_through_the_cli(double: ConsulDouble) -> None:
+    """Definitions are re-read on their own period (5 s: Consul cannot block on
+    them): a new query, an update and a deletion each answer after a re-read."""
+    with DnsdProcess(["--consul", double.url]) as proc:
+        wait_until(lambda: proc.addresses("web.service.consul") == {"10.0.0.1", "10.5.0.2"})
+        assert proc.query("web.query.consul", "A").rcode() == dns.rcode.NXDOMAIN
+        ident = json.loads(_query_request(double, "POST", "/v1/query", {
+            "Name": "web", "Service": {"Service": "web"}}))["ID"]
+        wait_until(lambda: proc.addresses("web.query.consul") == {"10.0.0.1", "10.5.0.2"})
+        _query_request(double, "PUT", f"/v1/query/{ident}", {
+            "Name": "web", "Service": {"Service": "web", "Tags": ["v2"]}, "DNS": {"TTL": "15s"}})
+        wait_until(lambda: proc.addresses("web.query.consul") == {"10.5.0.2"})
+        srv = proc.query("_web._tcp.query.consul", "SRV")
+        assert [(rrset.ttl, rd.port) for rrset in srv.answer for rd in rrset] == [(15, 81)]
+        _query_request(double, "DELETE", f"/v1/query/{ident}")
+        wait_until(lambda: proc.query("web.query.consul", "A").rcode() == dns.rcode.NXDOMAIN)

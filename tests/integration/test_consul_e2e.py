@@ -1,17 +1,16 @@
 """End to end: the Consul double -> ConsulSource -> dnsd's real app (table,
 answerer, handler, UDP/TCP servers) -> DNS answers read with dnspython.
 
-The app is built in-process the way ``dnsd.app.App`` will once it wires the
-Consul source and ``--state-dir`` (see ``ConsulApp``: the same few lines the
-lead adds to ``App``); queries go over real loopback sockets.
+The app is dnsd's own, built in-process with the parts ``dnsd.build`` wires
+and a Consul source whose waits and backoff are shortened for tests; queries go
+over real loopback sockets.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import dns.asyncquery
@@ -21,31 +20,29 @@ import dns.rdatatype
 import pytest
 
 from dnsd.app import App
-from dnsd.config import load_config
+from dnsd.build import build
+from dnsd.config import Config, load_config
 from dnsd.sources.base import Source
 from dnsd.sources.consul import ConsulSource
+from dnsd.sources.registry import consul_settings
 from dnsd.state import load_views
 from tests.consul_double import ConsulDouble, register_web
+from tests.waiting import until
 
 
-class ConsulApp(App):
-    """The real app, with the Consul source's waits and backoff shortened for tests."""
-
-    wait: float = 2.0
-
-    def _registry_sources(self) -> list[Source]:
-        sources: list[Source] = []
-        if self.config.consul:
-            sources.append(ConsulSource(self.config, wait=self.wait, backoff_base=0.05,
-                                        backoff_cap=0.3))
-        return sources
+def quick_consul(config: Config) -> list[Source]:
+    """The Consul source the configuration names, with short waits and backoff."""
+    if not config.consul:
+        return []
+    settings = replace(consul_settings(config), wait=2.0, backoff_base=0.05, backoff_cap=0.3)
+    return [ConsulSource(settings)]
 
 
 @asynccontextmanager
-async def dnsd(*args: str) -> AsyncIterator[ConsulApp]:
+async def dnsd(*args: str) -> AsyncIterator[App]:
     config = load_config(["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9",
                           "--node-name", "testnode", *args], environ={})
-    app = ConsulApp(config)
+    app = App(config, parts=build(config, registry_sources=quick_consul(config)))
     await app.start()
     try:
         yield app
@@ -63,19 +60,6 @@ async def ask(app: App, name: str, rdtype: str = "A", tcp: bool = False) -> dns.
 
 def texts(reply: dns.message.Message) -> set[str]:
     return {rd.to_text() for rrset in reply.answer for rd in rrset}
-
-
-async def until(check: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def answers(app: App, name: str, rdtype: str = "A") -> set[str]:

@@ -3,50 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
 
 from dnsd.config import Config
-from dnsd.model import Health, Instance, View
+from dnsd.model import Health, Node
 from dnsd.sources.base import SourceState
-from dnsd.sources.consul import ConsulSource
+from dnsd.sources.consul import ConsulSettings, ConsulSource
+from dnsd.sources.registry import consul_settings
 from tests.consul_double import ConsulDouble
+from tests.sinks import RecordingSink
+from tests.waiting import until
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.views: dict[str, View] = {}
-        self.publishes = 0
-        self.states: list[tuple[SourceState, str]] = []
-
-    def publish(self, source: str, view: View, observed_at: float | None = None) -> None:
-        self.views[source] = view
-        self.publishes += 1
-
-    def set_state(self, source: str, state: SourceState, reason: str = "") -> None:
-        self.states.append((state, reason))
-
-    @property
-    def view(self) -> View:
-        return next(iter(self.views.values()), View())
-
-    @property
-    def state(self) -> SourceState:
-        return self.states[-1][0] if self.states else SourceState.SYNCING
-
-    def instances(self, service: str, dc: str = "dc1") -> list[Instance]:
-        return [i for i in self.view.instances if i.service == service and i.datacenter == dc]
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
+def settings(double: ConsulDouble, **options: object) -> ConsulSettings:
+    """The settings ``--consul <double>`` and the Config fields in ``options``
+    give, with the ConsulSettings fields in ``options`` (shorter waits) applied."""
+    fields = {f.name for f in dataclasses.fields(ConsulSettings)}
+    config = Config(consul=double.url,  # type: ignore[arg-type]
+                    **{k: v for k, v in options.items() if k not in fields})
+    return dataclasses.replace(consul_settings(config),  # type: ignore[arg-type]
+                               **{k: v for k, v in options.items() if k in fields})
 
 
 @pytest.fixture
@@ -66,9 +49,9 @@ Running = tuple[ConsulSource, RecordingSink]
 async def start(double: ConsulDouble, watch_limit: int | None = None,
                 **config: object) -> AsyncIterator[Running]:
     """A running source (short waits and backoff) and the sink it reports to."""
-    cfg = Config(consul=double.url, **config)  # type: ignore[arg-type]
     options = {} if watch_limit is None else {"watch_limit": watch_limit}
-    source = ConsulSource(cfg, wait=2.0, backoff_base=0.05, backoff_cap=0.3, **options)
+    source = ConsulSource(settings(double, wait=2.0, backoff_base=0.05, backoff_cap=0.3,
+                                   **options, **config))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -176,7 +159,7 @@ async def test_outage_keeps_last_view_then_resyncs(double: ConsulDouble,
     await until(lambda: sink.state is SourceState.STALE)
     assert sink.view == before  # nothing published: the last table keeps serving
     await asyncio.sleep(0.5)    # several retries...
-    stale = [s for s in sink.states if s[0] is SourceState.STALE]
+    stale = [s for s in sink.states if s.state is SourceState.STALE]
     assert len(stale) <= 2      # ...reported once per failing datacenter, not per retry
     # Changes made while dnsd could not see them arrive with the resync.
     double.start()
@@ -186,14 +169,78 @@ async def test_outage_keeps_last_view_then_resyncs(double: ConsulDouble,
     await until(lambda: bool(sink.instances("api")) and not sink.instances("db"))
 
 
-async def test_no_leader_is_an_outage(double: ConsulDouble, running: Running) -> None:
+async def test_every_read_is_stale_by_default(double: ConsulDouble, running: Running) -> None:
+    double.register("api", "api-1", node="node1", port=9000)
     _, sink = running
-    double.set_leader(False)
-    await until(lambda: sink.state is SourceState.STALE)
-    assert "No cluster leader" in sink.states[-1][1]
-    assert sink.instances("web")
-    double.set_leader(True)
-    await until(lambda: sink.state is SourceState.UP)
+    await until(lambda: bool(sink.instances("api")))
+    modes = {(path.split("/")[2], mode) for path, mode in double.consistency_log
+             if path != "/v1/agent/self"}  # the agent's own endpoint has no modes
+    assert modes == {("catalog", "stale"), ("health", "stale"), ("query", "stale")}
+
+
+async def test_no_leader_keeps_following_through_stale_reads() -> None:
+    now = [100.0]
+    with ConsulDouble(clock=lambda: now[0]) as double:
+        double.register("web", "web-1", node="node1", node_address="10.0.0.1", port=80)
+        async with start(double, consul_datacenters=("dc2",)) as (source, sink):
+            assert _contact(source, "dc1") == (0.0, 1.0)
+            double.set_leader(False)
+            now[0] += 4.5  # the servers last heard from a leader 4.5 s ago
+            # Changes made while there is no leader (the servers still
+            # replicate what they had) keep arriving: stale reads are served.
+            double.register("api", "api-1", node="node1", port=9000)
+            double.set_check("web-1", "critical", node="node1")
+            await until(lambda: bool(sink.instances("api")))
+            await until(lambda: sink.instances("web")[0].health is Health.CRITICAL)
+            assert sink.state is SourceState.UP
+            await until(lambda: _contact(source, "dc1") == (4.5, 0.0))
+            assert not any(r.state is SourceState.STALE for r in sink.states)
+            double.set_leader(True)
+            double.register("cache", "cache-1", node="node1", port=6379)
+            await until(lambda: bool(sink.instances("cache")))
+            await until(lambda: _contact(source, "dc1") == (0.0, 1.0))
+
+
+async def test_a_long_lost_leader_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dnsd.consul")
+    now = [100.0]
+    with ConsulDouble(clock=lambda: now[0]) as double:
+        double.register("web", "web-1", node="node1", node_address="10.0.0.1", port=80)
+        async with start(double) as (_, sink):
+            double.set_leader(False)
+            now[0] += 45.0  # past the bound
+            for port in (9000, 9001, 9002):
+                double.register("api", f"api-{port}", node="node1", port=port)
+                await until(lambda p=port: any(i.port == p for i in sink.instances("api")))
+            warnings = [r.getMessage() for r in caplog.records
+                        if "heard from a leader" in r.getMessage()]
+            assert len(warnings) == 1 and "45 s ago" in warnings[0], warnings
+            double.set_leader(True)
+            double.register("api", "api-9003", node="node1", port=9003)
+            await until(lambda: any("in contact with a leader again" in r.getMessage()
+                                    for r in caplog.records))
+            assert sink.state is SourceState.UP
+
+
+async def test_consistent_reads_make_no_leader_an_outage(double: ConsulDouble) -> None:
+    async with start(double, consul_consistent=True) as (source, sink):
+        assert {mode for path, mode in double.consistency_log} == {"default"}
+        assert _contact(source, "dc1") == (0.0, 1.0)
+        double.set_leader(False)
+        await until(lambda: sink.state is SourceState.STALE)
+        assert "No cluster leader" in sink.states[-1].reason
+        assert sink.instances("web")  # the last view keeps serving
+        # No reply, no word on the leader: the datacenter's gauges are gone.
+        await until(lambda: _contact(source, "dc1") == (-1.0, -1.0))
+        double.set_leader(True)
+        await until(lambda: sink.state is SourceState.UP)
+
+
+def _contact(source: ConsulSource, dc: str) -> tuple[float, float]:
+    """(last contact seconds, known leader) as the source's gauges say for ``dc``."""
+    values = {g.name: g.value for g in source.gauges if g.labels["datacenter"] == dc}
+    return (values.get("dnsd_consul_last_contact_seconds", -1.0),
+            values.get("dnsd_consul_known_leader", -1.0))
 
 
 async def test_index_going_backwards_resets(double: ConsulDouble, running: Running) -> None:
@@ -213,13 +260,13 @@ async def test_token_is_sent(double: ConsulDouble) -> None:
 
 async def test_wrong_token_is_stale_with_reason(double: ConsulDouble) -> None:
     double.required_token = "s3cret"
-    source = ConsulSource(Config(consul=double.url, consul_token="wrong"), wait=2.0,
-                          backoff_base=0.05, backoff_cap=0.3)
+    source = ConsulSource(settings(double, consul_token="wrong", wait=2.0,
+                                   backoff_base=0.05, backoff_cap=0.3))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
         await until(lambda: sink.state is SourceState.STALE)
-        assert "permission denied" in sink.states[-1][1]
+        assert "permission denied" in sink.states[-1].reason
         assert not sink.views
     finally:
         task.cancel()
@@ -231,7 +278,7 @@ async def test_idle_request_rate_is_bounded_by_the_watch_limit(double: ConsulDou
                                                                 services: int) -> None:
     for n in range(services):
         double.register(f"svc{n}", f"svc{n}-1", node="node1", port=1000 + n)
-    source = ConsulSource(Config(consul=double.url), wait=1.0, watch_limit=16)
+    source = ConsulSource(settings(double, wait=1.0, watch_limit=16))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -302,7 +349,7 @@ def _polled_with_index(double: ConsulDouble, service: str) -> bool:
 
 
 async def test_cancel_is_prompt_during_a_long_poll(double: ConsulDouble) -> None:
-    source = ConsulSource(Config(consul=double.url), wait=60.0)
+    source = ConsulSource(settings(double, wait=60.0))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     await until(lambda: sink.state is SourceState.UP)
@@ -311,3 +358,115 @@ async def test_cancel_is_prompt_during_a_long_poll(double: ConsulDouble) -> None
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert time.monotonic() - started < 30.0  # not the 60 s long-poll
+
+
+async def test_node_meta_and_tagged_addresses_are_published(double: ConsulDouble) -> None:
+    double.register("api", "api-1", node="node3", node_address="10.0.0.3", port=9000,
+                    node_meta={"rack": "r3", "zone": "a"},
+                    node_tagged_addresses={"lan_ipv6": "fd00::3", "wan": "198.51.100.3"},
+                    tagged_addresses={"lan_ipv6": {"Address": "fd00::33", "Port": 9001}})
+    async with start(double) as (_, sink):
+        node3 = _node(sink, "node3")
+        assert dict(node3.meta) == {"rack": "r3", "zone": "a"}
+        assert dict(node3.tagged_addresses) == {"lan_ipv6": "fd00::3", "wan": "198.51.100.3"}
+        (api,) = sink.instances("api")
+        assert {t: (a.address, a.port) for t, a in api.tagged_addresses.items()} == {
+            "lan_ipv6": ("fd00::33", 9001)}
+        # Meta changes on its own (no service touched): the node is published again.
+        double.add_node("node3", "10.0.0.3", meta={"rack": "r9"})
+        await until(lambda: dict(_node(sink, "node3").meta) == {"rack": "r9"})
+        # A node registered with its first service has its meta from the start.
+        double.register("cache", "cache-1", node="node4", node_address="10.0.0.4", port=6379,
+                        node_meta={"rack": "r4"})
+        await until(lambda: bool(sink.instances("cache")))
+        assert dict(_node(sink, "node4").meta) == {"rack": "r4"}
+
+
+def _node(sink: RecordingSink, name: str, dc: str = "dc1") -> Node:
+    assert sink.view is not None
+    (node,) = [n for n in sink.view.nodes if n.name == name and n.datacenter == dc]
+    return node
+
+
+async def test_prepared_query_definitions_are_read_and_reread() -> None:
+    with ConsulDouble() as double:
+        double.register("web", "web-1", node="node1", node_address="10.0.0.1", port=80)
+        double.register("web", "web-far", node="far1", node_address="10.2.0.1", port=80,
+                        dc="dc2")
+        first = double.create_query({"Name": "web", "Service": {"Service": "web"},
+                                     "Token": "s3cret"})
+        double.create_query({"Name": "far", "Service": {"Service": "web"}}, dc="dc2")
+        async with start(double, consul_datacenters=("dc2",),
+                         prepared_interval=0.1) as (source, sink):
+            await until(lambda: set(sink.view.prepared) == {"dc1", "dc2"})
+            assert _queries(sink, "dc1") == {first: "web"}
+            assert "s3cret" not in sink.view.prepared["dc1"]
+            # Re-read, but unchanged: nothing is published again.
+            published, reads = len(sink.views), source.counters["prepared_reads"]
+            await until(lambda: source.counters["prepared_reads"] >= reads + 6)
+            assert len(sink.views) == published
+            # A new one, an update and a deletion each show up with a re-read.
+            second = double.create_query({"Name": "db", "Service": {"Service": "db"}})
+            await until(lambda: _queries(sink, "dc1") == {first: "web", second: "db"})
+            status, _, _ = double.handle("PUT", f"/v1/query/{first}", body=json.dumps(
+                {"Name": "web-v2", "Service": {"Service": "web"}}).encode())
+            assert status == 200
+            await until(lambda: _queries(sink, "dc1") == {first: "web-v2", second: "db"})
+            for ident in (first, second):
+                assert double.handle("DELETE", f"/v1/query/{ident}")[0] == 200
+            await until(lambda: "dc1" not in sink.view.prepared)
+            assert set(_queries(sink, "dc2").values()) == {"far"}
+            assert sink.state is SourceState.UP
+
+
+def _queries(sink: RecordingSink, dc: str) -> dict[str, str]:
+    assert sink.view is not None
+    text = sink.view.prepared.get(dc)
+    return {} if text is None else {q["ID"]: q["Name"] for q in json.loads(text)}
+
+
+class QueriesFail(ConsulDouble):
+    """A Consul whose prepared query endpoint fails (an RPC error) while
+    ``failing`` is set, its catalog fine."""
+
+    failing = False
+
+    def handle(self, method: str, raw_path: str, token: str | None = None,
+               body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        if self.failing and raw_path.startswith("/v1/query"):
+            return 500, {}, b"rpc error making call: unexpected EOF"
+        return super().handle(method, raw_path, token, body)
+
+
+async def test_unreadable_definitions_keep_the_last_ones_and_the_source_up(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with QueriesFail() as double:
+        double.register("web", "web-1", node="node1", node_address="10.0.0.1", port=80)
+        first = double.create_query({"Name": "web", "Service": {"Service": "web"}})
+        async with start(double, prepared_interval=0.1) as (source, sink):
+            assert _queries(sink, "dc1") == {first: "web"}
+            double.failing = True
+            double.create_query({"Name": "db", "Service": {"Service": "db"}})
+            errors = source.counters["prepared_errors"]
+            await until(lambda: source.counters["prepared_errors"] >= errors + 3)
+            # The catalog still follows, the last definitions still serve.
+            double.register("api", "api-1", node="node1", port=9000)
+            await until(lambda: bool(sink.instances("api")))
+            assert _queries(sink, "dc1") == {first: "web"}
+            assert sink.state is SourceState.UP
+            assert len([r for r in caplog.records
+                        if "cannot read prepared queries" in r.getMessage()]) == 1
+            double.failing = False
+            await until(lambda: set(_queries(sink, "dc1").values()) == {"web", "db"})
+
+
+async def test_a_query_of_an_unknown_service_is_named_in_a_warning(
+        double: ConsulDouble, caplog: pytest.LogCaptureFixture) -> None:
+    ident = double.create_query({"Name": "ghost", "Service": {"Service": "nothere"}})
+    double.create_query({"Name": "web", "Service": {"Service": "web"}})
+    async with start(double, prepared_interval=0.1) as (source, _):
+        reads = source.counters["prepared_reads"]
+        await until(lambda: source.counters["prepared_reads"] >= reads + 3)
+        warnings = [r.getMessage() for r in caplog.records if "no catalog" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert ident in warnings[0] and "'ghost'" in warnings[0] and "'nothere'" in warnings[0]

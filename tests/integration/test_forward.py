@@ -14,7 +14,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from dnsd.app import forward_settings
+from dnsd.build import forward_settings
 from dnsd.config import load_config
 from dnsd.forward import Forwarder, ForwardTiming
 from dnsd.wire import Query, parse_query

@@ -124,7 +124,8 @@ def test_upstream_equal_to_own_listen_address_is_refused_at_start() -> None:
 
 def test_external_service_cname_is_chased_through_the_upstream(tmp_path: Path) -> None:
     """A service whose address is a host name answers CNAME plus the target's
-    addresses, as Consul does with recursors, so glibc and curl can connect."""
+    addresses, as Consul does with recursors, so glibc and curl can connect;
+    the chased records take the service's TTL, as Consul gives them."""
     services = tmp_path / "services.toml"
     services.write_text('[[services]]\nname = "search"\naddress = "search.example.test"\n'
                         'port = 443\n[[services]]\nname = "gone"\n'
@@ -134,11 +135,14 @@ def test_external_service_cname_is_chased_through_the_upstream(tmp_path: Path) -
         reply = proc.query("search.service.consul", "A")
         assert [rrset.to_text() for rrset in reply.answer] == [
             "search.service.consul. 0 IN CNAME search.example.test.",
-            "search.example.test. 60 IN A 10.9.8.7"]
+            "search.example.test. 0 IN A 10.9.8.7"]
         assert reply.flags & dns.flags.AA
-        # SRV names the host; an unresolvable target leaves the CNAME alone
+        # SRV names the host, whose addresses ride in the additional section;
+        # an unresolvable target leaves the CNAME alone
         srv = proc.query("search.service.consul", "SRV")
         assert srv.answer[0][0].target.to_text() == "search.example.test."
+        assert [rrset.to_text() for rrset in srv.additional] == [
+            "search.example.test. 0 IN A 10.9.8.7"]
         reply = proc.query("gone.service.consul", "A")
         assert reply.rcode() == dns.rcode.NOERROR
         assert [r.rdtype for r in reply.answer] == [dns.rdatatype.CNAME]
@@ -172,7 +176,7 @@ def test_chased_cname_keeps_only_the_chain_from_a_poisoning_upstream(tmp_path: P
         reply = proc.query("search.service.consul", "A")
         assert [rrset.to_text() for rrset in reply.answer] == [
             "search.service.consul. 0 IN CNAME search.example.test.",
-            "search.example.test. 60 IN A 10.9.8.7"]
+            "search.example.test. 0 IN A 10.9.8.7"]
         assert reply.flags & dns.flags.AA
 
 

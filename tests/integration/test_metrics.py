@@ -46,7 +46,7 @@ def test_metrics_count_replies_by_type_rcode_and_transport() -> None:
         assert _value(text, 'dnsd_responses_total{qtype="SRV",rcode="NOERROR",'
                             'transport="tcp"}') == 1
         assert _value(text, "dnsd_response_seconds_count") == 5
-        assert _value(text, "dnsd_table_instances") == 14
+        assert _value(text, "dnsd_table_instances") == 16
         assert _value(text, "dnsd_ready") == 1
         assert _value(text, f'dnsd_source_state{{source="static:{SERVICES}",state="up"}}') == 1
         assert _get(f"http://127.0.0.1:{port}/health") == (200, "ok\n")

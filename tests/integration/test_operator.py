@@ -108,10 +108,13 @@ def test_check_accepts_a_good_configuration_and_binds_nothing(tmp_path: Path) ->
 
 def test_check_names_each_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[services]]\nname = "web"\naddress = "10.0.0.400"\n')
+    bad.write_text('[[services]]\nname = "web"\naddress = "10.0.0.400"\n'
+                   '[[services]]\nname = "api"\naddress = "10.0.0.2"\nprot = 80\n')
     result = run_cli(["check", "--static", str(SERVICES), "--static", str(bad)])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(bad) in lines[0] and "address" in lines[0]
+    assert len(lines) == 2 and all(str(bad) in line for line in lines)
+    assert "entry 1 (web): address" in lines[0]
+    assert "entry 2 (api): prot: unknown field (did you mean port?)" in lines[1]
     result = run_cli(["check", "--ttl", "soon"])
     assert result.returncode == 2 and "--ttl" in result.stderr

@@ -22,7 +22,7 @@ import consul
 import consul.base
 import pytest
 
-from dnsd.model import Health, Instance, View
+from dnsd.model import Health, Instance, Node, View
 from dnsd.prepared import parse_queries, resolve
 from dnsd.table import build_snapshot
 from tests.consul_double import ConsulDouble, go_duration
@@ -43,6 +43,8 @@ class Reg:
 
 NODES = {"node1": "10.0.0.1", "node2": "10.0.0.2", "node3": "10.0.0.3", "node4": "10.0.0.4",
          "far2": "10.2.0.1", "far3": "10.3.0.1"}
+NODE_META = {"node1": {"rack": "r1"}, "node2": {"rack": "r2"},
+             "node4": {"rack": "r2", "zone": "b"}, "far3": {"rack": "r2"}}
 
 REGISTRATIONS = (
     Reg("web", "web-1", "node1", tags=("v1", "primary"), meta={"env": "prod"}),
@@ -62,7 +64,9 @@ REGISTRATIONS = (
 SNAPSHOT = build_snapshot(1, {"consul": View(tuple(
     Instance(r.service, r.node, r.dc, id=r.ident, node_address=NODES[r.node], port=80,
              tags=r.tags, health=Health.worst([r.status]), meta=r.meta)
-    for r in REGISTRATIONS))}, "dc1")
+    for r in REGISTRATIONS), tuple(
+    Node(r.node, r.dc, NODES[r.node], NODE_META.get(r.node, {})) for r in REGISTRATIONS))},
+    "dc1")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,15 @@ CASES = [
     Case("only passing", (q("web", "web", OnlyPassing=True),), "web", ids("web-1", "web-4")),
     Case("warning answers by default", (q("db", "db"),), "db", ids("db-1", "db-2")),
     Case("service meta", (q("web", "web", ServiceMeta={"env": "prod"}),), "web",
+         ids("web-1")),
+    Case("node meta", (q("web", "web", NodeMeta={"rack": "r2"}),), "web",
+         ids("web-2", "web-4")),
+    Case("node meta: every value", (q("web", "web", NodeMeta={"rack": "r2", "zone": "b"}),),
+         "web", ids("web-4")),
+    Case("node meta: failover", (q("api", "api", NodeMeta={"rack": "r2"},
+                                   failover=["dc2", "dc3"]),), "api", ids("api-3")),
+    Case("template: node meta interpolated",
+         (q("rack-", "web", NodeMeta={"rack": "${name.suffix}"}, template=True),), "rack-r1",
          ids("web-1")),
     Case("ttl", (q("web", "web", ttl="1m", Tags=["v2"]),), "web", ids("web-2")),
     Case("ttl truncated to seconds", (q("web", "web", ttl="1500ms", Tags=["v2"]),), "web",
@@ -170,7 +183,8 @@ def double() -> Iterator[ConsulDouble]:
     with ConsulDouble(remote=("dc2", "dc3")) as d:
         for r in REGISTRATIONS:
             d.register(r.service, r.ident, node=r.node, node_address=NODES[r.node], port=80,
-                       tags=r.tags, status=r.status, meta=r.meta, dc=r.dc)
+                       tags=r.tags, status=r.status, meta=r.meta, dc=r.dc,
+                       node_meta=NODE_META.get(r.node))
         yield d
 
 

@@ -15,7 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.dnsd_process import DnsdProcess
+from tests.dnsd_process import DnsdProcess, wait_until
 from tests.integration import conftest_zookeeper as fixtures
 from tests.integration.conftest_zookeeper import Registrator
 from tests.zookeeper_server import ZooKeeperServer
@@ -39,14 +39,14 @@ def addresses(reply: dns.message.Message) -> set[str]:
 
 def wait_answer(proc: DnsdProcess, name: str, check: Callable[[dns.message.Message], bool],
                 rdtype: str = "A", timeout: float = 30.0) -> dns.message.Message:
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = proc.query(name, rdtype)
-        if check(reply):
-            return reply
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} {rdtype}: still {reply}\n{proc.log}")
-        time.sleep(0.005)
+    replies: list[dns.message.Message] = []
+
+    def answered() -> bool:
+        replies.append(proc.query(name, rdtype))
+        return check(replies[-1])
+
+    wait_until(answered, timeout, interval=0.005, what=f"the expected {name} {rdtype}")
+    return replies[-1]
 
 
 def test_register_a_srv_tags_and_remove(dnsd: DnsdProcess, registrator: Registrator) -> None:
@@ -78,6 +78,21 @@ def test_register_a_srv_tags_and_remove(dnsd: DnsdProcess, registrator: Registra
     wait_answer(dnsd, "web.service.consul", lambda r: r.rcode() == dns.rcode.NXDOMAIN)
 
 
+def test_node_meta_attributes_answer_node_txt(dnsd: DnsdProcess,
+                                              registrator: Registrator) -> None:
+    # registrator's Attrs for SERVICE_NODE=host1 and SERVICE_NODE_META_RACK=r1
+    registrator.register("meta", "10.0.3.1", 80,
+                         attrs={"node": "host1", "node_meta_rack": "r1", "version": "1"})
+    reply = wait_answer(dnsd, "host1.node.consul", lambda r: bool(r.answer), "TXT")
+    assert [rd.to_text() for rrset in reply.answer for rd in rrset] == ['"rack=r1"']
+    srv = dnsd.query("meta.service.consul", "SRV")
+    assert {rd.to_text() for rrset in srv.additional if rrset.rdtype == dns.rdatatype.TXT
+            for rd in rrset} == {'"rack=r1"'}
+    assert addresses(dnsd.query("host1.node.consul")) == {"10.0.3.1"}
+    registrator.deregister("meta", "10.0.3.1:80")
+    wait_answer(dnsd, "host1.node.consul", lambda r: r.rcode() == dns.rcode.NXDOMAIN, "TXT")
+
+
 def test_ipv6_and_malformed_nodes(dnsd: DnsdProcess, registrator: Registrator) -> None:
     reg = registrator
     reg.create("api", "fd00::7:443", b"")                 # no JSON: the name serves
@@ -103,10 +118,7 @@ def test_zookeeper_down_keeps_answering_then_catches_up(
             time.sleep(0.1)
     finally:
         zookeeper.start()
-    deadline = time.monotonic() + 20
-    while not reg.client.connected:
-        assert time.monotonic() < deadline, "registrator stand-in did not reconnect"
-        time.sleep(0.01)
+    wait_until(lambda: reg.client.connected, what="the registrator stand-in to reconnect")
     reg.register("web", "10.0.1.2", 80)
     reg.deregister("web", "10.0.1.1:80")
     wait_answer(dnsd, "web.service.consul", lambda r: addresses(r) == {"10.0.1.2"},
@@ -160,10 +172,7 @@ def test_state_dir_serves_the_saved_table_when_zookeeper_is_down_at_start(
         proc.wait_for_log(r"ZooKeeper .*: up")
         registrator.register("web", "10.0.0.7", 8080)
         wait_answer(proc, "web.service.consul", lambda r: addresses(r) == {"10.0.0.7"})
-        deadline = time.monotonic() + 30  # the save is debounced
-        while not os.path.exists(os.path.join(state, "table.json")):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: os.path.exists(os.path.join(state, "table.json")))  # debounced
     zookeeper.stop()
     try:
         with DnsdProcess(args) as proc:  # ZooKeeper is down: only the saved table can answer

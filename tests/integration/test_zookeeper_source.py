@@ -10,20 +10,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
 from kazoo.client import KazooClient
 
 from dnsd.config import load_config
 from dnsd.sources.base import SourceState
+from dnsd.sources.registry import zookeeper_settings
 from dnsd.sources.zookeeper import ZooKeeperSource
 from tests.integration import conftest_zookeeper as fixtures
 from tests.integration.conftest_zookeeper import (
-    RecordingSink,
     Registrator,
     TcpProxy,
     wait_until,
 )
+from tests.sinks import RecordingSink
 from tests.zookeeper_server import ZooKeeperServer
 
 # The fixtures, by name (pytest finds them as module attributes).
@@ -37,7 +39,7 @@ async def running(hosts: str, base: str, *extra: str,
                   **kwargs: float) -> AsyncIterator[tuple[ZooKeeperSource, RecordingSink]]:
     config = load_config(["--zookeeper", f"{hosts}{base}", *extra])
     kwargs.setdefault("max_retry_delay", 0.2)
-    source = ZooKeeperSource(config, **kwargs)
+    source = ZooKeeperSource(replace(zookeeper_settings(config), **kwargs))
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
@@ -162,6 +164,25 @@ async def test_malformed_data_and_odd_names(registrator: Registrator,
         await wait_until(lambda: ("10.0.3.4", 80) in sink.endpoints("odd"))
         # A skipped node is not reported again when something else changes.
         assert source.skipped_total == 2
+
+
+async def test_hostile_data_never_stops_the_view(registrator: Registrator,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Data nested deeper than any parser's stack, or far larger than any
+    registrator writes: that instance falls back to its name, and the rest of
+    the tree is published as usual."""
+    reg = registrator
+    reg.register("web", "10.0.11.1", 80)
+    reg.create("web", "10.0.11.2:80", b"[" * 50_000)
+    reg.create("web", "10.0.11.3:80", b'{"Attrs": {"k": "' + b"x" * 500_000 + b'"}}')
+    caplog.set_level(logging.WARNING, "dnsd.zookeeper")
+    async with running(reg.hosts, reg.base) as (source, sink):
+        await up(sink)
+        assert sink.endpoints("web") == {("10.0.11.1", 80), ("10.0.11.2", 80),
+                                         ("10.0.11.3", 80)}
+        assert source.ignored_total == 2
+        reg.register("web", "10.0.11.4", 80)  # and the watches still work
+        await wait_until(lambda: ("10.0.11.4", 80) in sink.endpoints("web"))
 
 
 async def test_data_change_is_picked_up(registrator: Registrator) -> None:

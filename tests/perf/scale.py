@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dnsd.model import Instance, View
-from dnsd.sources.static import StaticSource
+from dnsd.sources.static import StaticSettings, StaticSource
 from dnsd.table import Table
 from tests.perf import dnsperf
 from tests.perf.servers import Dnsd, Dnsmasq, cpu_seconds, rss_bytes, wait_answering
@@ -69,7 +69,7 @@ def table_figures(reg: Registry) -> list[str]:
 def load_figures(toml_path: Path, json_path: Path) -> list[str]:
     lines = []
     for label, path in (("TOML", toml_path), ("JSON", json_path)):
-        source = StaticSource(str(path), "bench", "dc1")
+        source = StaticSource(str(path), StaticSettings("bench", "dc1"))
         view, seconds = timed(source.load)
         lines.append(f"static source load, {label:4} ({path.stat().st_size / 1e6:5.1f} MB)"
                      f"   {seconds:6.3f} s   ({len(view.instances):,} instances)")

@@ -98,6 +98,10 @@ def test_errors_name_the_option(tmp_path: Path, argv: list[str], env: dict[str, 
     (["--tll", "5"], {}, "--tll: unknown option (did you mean --ttl?)"),
     ([], {"DNSD_TLL": "5"}, "DNSD_TLL: unknown setting (did you mean DNSD_TTL?)"),
     (["--consul-datacenters", "dc2"], {}, "has no effect without --consul"),
+    (["--consul-consistent"], {}, "--consul-consistent: has no effect without --consul"),
+    (["--consul-max-reply", "128"], {}, "--consul-max-reply: has no effect without --consul"),
+    (["--consul", "127.0.0.1:8500", "--consul-max-reply", "0"], {}, "must be at least 1"),
+    (["--consul", "127.0.0.1:8500", "--consul-max-reply", "64M"], {}, "not a whole number"),
     (["--zookeeper-datacenter", "dc2"], {}, "has no effect without --zookeeper"),
     (["--upstream-for", "web.service.consul=10.0.0.1"], {}, "inside dnsd's own zone consul"),
     (["--alt-domain", "alt", "--upstream-for", "alt=10.0.0.1"], {}, "own zone alt"),
@@ -147,3 +151,67 @@ def test_consul_address_from_consul_env() -> None:
 
 def test_no_forward_turns_forwarding_off() -> None:
     assert load_config(["--no-forward"], environ={}).no_forward
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("9153", ("127.0.0.1", 9153)),          # a port alone: loopback
+    (":8600", ("0.0.0.0", 8600)),           # every IPv4 address, as Go and CoreDNS read it
+    ("localhost:8600", ("127.0.0.1", 8600)),
+    ("LOCALHOST:53", ("127.0.0.1", 53)),
+    ("[::]:53", ("::", 53)),
+])
+def test_listen_and_metrics_forms(text: str, expected: tuple[str, int]) -> None:
+    assert load_config(["--listen", text], environ={}).listen == (expected,)
+    assert load_config(["--metrics", text], environ={}).metrics == expected
+
+
+def test_the_same_listen_address_twice_is_one() -> None:
+    config = load_config(["--listen", "127.0.0.1:53", "--listen", "localhost:53"], environ={})
+    assert config.listen == (("127.0.0.1", 53),)
+
+
+def test_consul_dns_knobs(tmp_path: Path) -> None:
+    config = load_config([], environ={})
+    assert (config.node_ttl, config.service_ttl, config.a_record_limit) == (None, (), 0)
+    assert (config.soa_refresh, config.soa_retry, config.soa_expire) == (3600, 600, 86400)
+    assert config.node_meta_txt and not config.translate_wan_addrs
+    assert config.recursor_timeout == 1.0
+    config = load_config(["--node-ttl", "5", "--service-ttl", "Web=10",
+                          "--service-ttl", "db-*=20,*=1", "--a-record-limit", "3",
+                          "--node-meta-txt=no", "--translate-wan-addrs",
+                          "--recursor-timeout", "0.5", "--soa-retry", "60"], environ={})
+    assert config.node_ttl == 5 and config.a_record_limit == 3
+    assert config.service_ttl == (("web", 10), ("db-*", 20), ("*", 1))
+    assert not config.node_meta_txt and config.translate_wan_addrs
+    assert config.recursor_timeout == 0.5 and config.soa_retry == 60
+    path = tmp_path / "c.toml"
+    path.write_text('service_ttl = ["api=30"]\nnode_meta_txt = false\n')
+    config = load_config(["--config", str(path)], environ={})
+    assert config.service_ttl == (("api", 30),) and not config.node_meta_txt
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--service-ttl", "web"], "NAME=SECONDS"),
+    (["--service-ttl", "=5"], "NAME=SECONDS"),
+    (["--service-ttl", "we b=5"], "is not a service name"),
+    (["--service-ttl", "a*b=5"], "is not a service name"),
+    (["--service-ttl", "web=-1"], "not from 0"),
+    (["--recursor-timeout", "0"], "more than 0"),
+    (["--recursor-timeout", "soon"], "number of seconds"),
+    (["--node-ttl", "x"], "whole number"),
+])
+def test_consul_dns_knob_errors(args: list[str], error: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load_config(args, environ={})
+
+
+def test_recursor_timeout_is_the_forwarders_per_try_timeout() -> None:
+    from dnsd.build import forward_settings, zone_settings
+    default = forward_settings(load_config([], environ={})).timing
+    assert (default.try_timeout, default.tcp_timeout, default.deadline) == (1.0, 1.5, 3.5)
+    timing = forward_settings(load_config(["--recursor-timeout", "3"], environ={})).timing
+    assert timing.try_timeout == 3 and timing.tcp_timeout == 3.5
+    assert timing.deadline >= timing.tcp_timeout
+    zone = zone_settings(load_config(["--service-ttl", "web=4", "--node-ttl", "2"],
+                                     environ={}))
+    assert zone.service_ttl == (("web", 4),) and zone.node_ttl == 2

@@ -1,26 +1,29 @@
-"""The Consul source's pure parts: index rules, backoff, diffs, JSON mapping."""
+"""The Consul source's pure parts: index rules, diffs, JSON mapping."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
 from dnsd.model import AddressKind, Health
-from dnsd.sources.consul import (
-    Backoff,
+from dnsd.sources.consul.client import Contact, contact_of
+from dnsd.sources.consul.parse import (
     ConsulUnavailable,
+    Definitions,
+    Named,
+    definitions,
     diff_checks,
     diff_services,
+    entry_values,
     instance_from_entry,
-    next_index,
+    node_list,
     parse_checks,
-    parse_index,
-    parse_nodes,
     parse_service_list,
-    plan_watches,
-    slot_wait,
+    service_read,
 )
+from dnsd.sources.consul.watch import next_index, parse_index, plan_watches, slot_wait
 
 
 def entry(**service: object) -> dict[str, object]:
@@ -54,18 +57,6 @@ def test_parse_index_rejects_missing_or_garbage(raw: object) -> None:
 def test_next_index_follows_consul_rules(previous: int, returned: int,
                                          expected: tuple[int, bool]) -> None:
     assert next_index(previous, returned) == expected
-
-
-def test_backoff_grows_is_capped_jittered_and_resets() -> None:
-    backoff = Backoff(base=0.25, cap=4.0, rng=random.Random(7))
-    delays = [backoff.next() for _ in range(10)]
-    ceilings = [min(4.0, 0.25 * 2 ** n) for n in range(10)]
-    for delay, ceiling in zip(delays, ceilings, strict=True):
-        assert ceiling / 2 <= delay <= ceiling
-    assert max(delays) <= 4.0
-    assert len(set(delays)) == len(delays)  # jittered: no two equal
-    backoff.reset()
-    assert backoff.next() <= 0.25
 
 
 def test_instance_from_entry_maps_consul_fields() -> None:
@@ -143,13 +134,13 @@ def test_parsers_reject_wrong_shapes() -> None:
     with pytest.raises(ConsulUnavailable):
         parse_service_list([])
     with pytest.raises(ConsulUnavailable):
-        parse_nodes({})
+        node_list({}, "dc1")
     with pytest.raises(ConsulUnavailable):
         parse_checks("x")
     assert parse_service_list({"web": ["a", 3, None], "db": None}) == {
         "web": frozenset({"a"}), "db": frozenset()}
-    assert parse_nodes([{"Node": "n1", "Address": "10.0.0.1"}, {"Node": ""}, 7]) == {
-        "n1": "10.0.0.1"}
+    assert node_list([{"Node": "n1", "Address": "10.0.0.1"}, {"Node": ""}, 7],
+                     "dc1").addresses == {"n1": "10.0.0.1"}
 
 
 def test_slot_wait_lands_on_the_watch_s_own_slot() -> None:
@@ -193,3 +184,100 @@ def test_plan_watches_promotion_displaces_the_coldest() -> None:
     assert (start, stop) == (set(), set())
     # Already watched: nothing to do.
     assert plan_watches({"c", "a"}, "abcd", 2, rank, promote=["c"]) == (set(), set())  # type: ignore[arg-type]
+
+
+def test_service_read_leaves_out_only_the_entries_it_cannot_map() -> None:
+    deep: object = "bottom"
+    for _ in range(20_000):  # deeper than any repr() can go
+        deep = [deep]
+    read = service_read("web", 7, [entry(), entry(ID="web-2", Meta={"k": deep}),
+                                   entry(ID="web-3", Port="80")], "dc1")
+    assert [i.id for i in read.instances] == ["web-1"] and read.index == 7
+    assert len(read.problems) == 2 and "RecursionError" in read.problems[0]
+
+
+def test_service_list_tolerates_tags_of_the_wrong_shape() -> None:
+    assert parse_service_list({"web": {"a": 1}, "db": 5, "api": ["x"]}) == {
+        "web": frozenset(), "db": frozenset(), "api": frozenset({"x"})}
+
+
+def test_node_meta_and_tagged_addresses_from_a_service_entry() -> None:
+    raw = entry(TaggedAddresses={"lan_ipv6": {"Address": "FD00::5", "Port": 8080},
+                                 "wan": {"Address": "203.0.113.5", "Port": 0},
+                                 "virtual": {"Address": "", "Port": 0}})
+    raw["Node"] = {"Node": "node1", "Address": "10.0.0.1", "Meta": {"rack": "r1"},
+                   "TaggedAddresses": {"lan": "10.0.0.1", "lan_ipv6": "fd00::1",
+                                       "wan": "198.51.100.1"}}
+    notes: list[str] = []
+    inst, node = entry_values(raw, "dc1", notes)
+    assert {tag: (a.address, a.port) for tag, a in inst.tagged_addresses.items()} == {
+        "lan_ipv6": ("fd00::5", 8080), "wan": ("203.0.113.5", 0)}  # the empty one left out
+    assert (node.name, node.datacenter, node.address) == ("node1", "dc1", "10.0.0.1")
+    assert dict(node.meta) == {"rack": "r1"}
+    assert dict(node.tagged_addresses) == {"lan": "10.0.0.1", "lan_ipv6": "fd00::1",
+                                           "wan": "198.51.100.1"}
+    assert notes == []
+
+
+def test_a_bad_tagged_address_or_meta_value_is_left_out_not_the_entry() -> None:
+    raw = entry(TaggedAddresses={"wan": {"Address": "10.0.0.400", "Port": 1},
+                                 "lan": {"Address": "10.0.0.9", "Port": "x"},
+                                 "lan_ipv4": {"Address": "10.0.0.9", "Port": 81}})
+    raw["Node"] = {"Node": "node1", "Address": "10.0.0.1",
+                   "Meta": {"rack": "r1", "nested": {"a": 1}, "n": 3},
+                   "TaggedAddresses": {"wan": "not an address!", "lan": "10.0.0.1"}}
+    read = service_read("web", 3, [raw], "dc1")
+    (inst,) = read.instances
+    assert dict(inst.tagged_addresses) == {"lan_ipv4": inst.tagged_addresses["lan_ipv4"]}
+    (node,) = read.nodes
+    assert dict(node.meta) == {"rack": "r1", "n": "3"}
+    assert dict(node.tagged_addresses) == {"lan": "10.0.0.1"}
+    assert len(read.ignored) == 4 and all(note.startswith("web-1: ") for note in read.ignored)
+    assert read.problems == ()
+
+
+def test_node_list_carries_meta_and_tagged_addresses() -> None:
+    listing = node_list([
+        {"Node": "b", "Address": "10.0.0.2", "Meta": None, "TaggedAddresses": None},
+        {"Node": "a", "Address": "10.0.0.1", "Meta": {"rack": "r1"},
+         "TaggedAddresses": {"lan_ipv6": "fd00::1", "wan": "bad address!"}},
+        {"Node": "bad name!", "Address": "10.0.0.3"},
+    ], "dc2")
+    assert [n.name for n in listing.nodes] == ["a", "b"]
+    a = listing.nodes[0]
+    assert (a.datacenter, dict(a.meta), dict(a.tagged_addresses)) == (
+        "dc2", {"rack": "r1"}, {"lan_ipv6": "fd00::1"})
+    assert listing.addresses == {"a": "10.0.0.1", "b": "10.0.0.2", "bad name!": "10.0.0.3"}
+    assert [name for name, _ in listing.problems] == ["bad name!"]
+    assert [name for name, _ in listing.ignored] == ["a"]
+
+
+def test_prepared_definitions_are_canonical_text_without_tokens() -> None:
+    first = {"ID": "6f5b1c9e-0000-0000-0000-000000000001", "Name": "web", "Token": "s3cret",
+             "Service": {"Service": "web", "Failover": {"Datacenters": ["DC2"]}},
+             "Template": {"Type": ""}}
+    template = {"ID": "6f5b1c9e-0000-0000-0000-000000000002", "Name": "geo-",
+                "Service": {"Service": "${name.suffix}"},
+                "Template": {"Type": "name_prefix_match"}}
+    found = definitions([first, template])
+    assert "s3cret" not in found.text and "Token" not in found.text
+    assert json.loads(found.text) == [{k: v for k, v in first.items() if k != "Token"},
+                                      template]
+    # The same definitions, keys in another order: the same text.
+    assert definitions([dict(reversed(first.items())), template]).text == found.text
+    assert found.named == (Named("prepared query 6f5b1c9e-0000-0000-0000-000000000001 ('web')",
+                                 "web", ("dc2",)),)
+    assert definitions([]) == definitions(None) == Definitions("")
+    with pytest.raises(ConsulUnavailable):
+        definitions({"ID": "x"})
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}, Contact(True, 0.0)),
+    ({"X-Consul-KnownLeader": "false", "X-Consul-LastContact": "4500"}, Contact(False, 4.5)),
+    ({}, Contact(True, 0.0)),                                   # an agent that sends neither
+    ({"X-Consul-LastContact": "soon"}, Contact(True, 0.0)),
+    ({"X-Consul-LastContact": "-5"}, Contact(True, 0.0)),
+])
+def test_contact_of_reply_headers(headers: dict[str, str], expected: Contact) -> None:
+    assert contact_of(headers) == expected

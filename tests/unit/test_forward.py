@@ -16,7 +16,7 @@ from dnslib import RR, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsd.app import forward_settings
+from dnsd.build import forward_settings
 from dnsd.config import load_config
 from dnsd.errors import ConfigError
 from dnsd.forward import Forwarder
@@ -79,9 +79,30 @@ def test_default_upstreams_of_empty_text() -> None:
     (("::1", 53), (("::", 53),), True),
     (("127.0.0.1", 53), (("127.0.0.1", 8600),), False),
     (("10.1.1.1", 53), (("0.0.0.0", 53),), False),  # not known to be ours
+    # Docker's resolver: redirected by the engine, never reached by a wildcard...
+    (("127.0.0.11", 53), (("0.0.0.0", 53),), False),
+    (("127.0.0.11", 53), (("::", 53),), False),
+    # ...but ours when dnsd listens on it by name.
+    (("127.0.0.11", 53), (("127.0.0.11", 53),), True),
+    (("127.0.0.12", 53), (("0.0.0.0", 53),), True),
 ])
 def test_is_own(addr, own, loops) -> None:
     assert is_own(addr, own) is loops
+
+
+def test_docker_resolver_is_an_upstream_inside_a_container(tmp_path) -> None:
+    """The image listens on 0.0.0.0:53 and, on a user-defined network, finds
+    only 127.0.0.11 in resolv.conf: that is where other names must go."""
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 127.0.0.11\noptions ndots:0\n")
+    fwd = forwarder("--listen", "0.0.0.0:53", resolv_conf=str(path))
+    assert [u.addr for u in fwd.routes.default] == [("127.0.0.11", 53)]
+    explicit = forwarder("--listen", "0.0.0.0:53", "--upstream", "127.0.0.11")
+    assert [u.addr for u in explicit.routes.default] == [("127.0.0.11", 53)]
+    with pytest.raises(ConfigError, match="would loop"):
+        forwarder("--listen", "0.0.0.0:53", "--upstream", "127.0.0.1")
+    with pytest.raises(ConfigError, match=r"upstream 127.0.0.11:53 is dnsd's own"):
+        forwarder("--listen", "127.0.0.11:53", "--upstream", "127.0.0.11")
 
 
 def test_upstream_equal_to_listen_address_is_refused_at_start() -> None:

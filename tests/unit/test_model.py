@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from dnsd.errors import ServicesFileError
-from dnsd.model import AddressKind, Instance, classify_address, is_label
+from dnsd.model import (
+    AddressKind,
+    Instance,
+    Node,
+    ServiceAddress,
+    View,
+    classify_address,
+    is_label,
+)
 
 
 @pytest.mark.parametrize(("text", "kind", "normal"), [
@@ -45,3 +53,24 @@ def test_an_instance_with_a_newline_in_its_name_is_refused() -> None:
 def test_error_messages_stay_on_one_line() -> None:
     error = ServicesFileError("s.toml", "service name 'web\n' is bad", "services[0] (web\n)")
     assert "\n" not in str(error) and "web\\n" in str(error)
+
+
+def test_tagged_addresses_are_normalised_frozen_and_checked() -> None:
+    node = Node("n1", "dc1", "10.0.0.1", tagged_addresses={
+        "lan_ipv6": "FD00:0:0::1", "wan": "", "lan": "10.0.0.1"})
+    assert node.tagged_addresses == {"lan_ipv6": "fd00::1", "lan": "10.0.0.1"}
+    assert hash(node) == hash(Node("n1", "dc1", "10.0.0.1", tagged_addresses={
+        "lan": "10.0.0.1", "lan_ipv6": "fd00::1"}))
+    with pytest.raises(ValueError, match="tagged address wan"):
+        Node("n1", "dc1", tagged_addresses={"wan": "10.0.0.400"})
+    inst = Instance("web", "n1", "dc1", tagged_addresses={
+        "wan": ServiceAddress("198.51.100.1", 8443)})
+    assert inst.tagged_addresses["wan"].port == 8443
+    assert hash(inst) is not None
+    with pytest.raises(ValueError, match="tagged port"):
+        ServiceAddress("10.0.0.1", 70000)
+
+
+def test_a_view_keys_prepared_queries_by_lower_case_datacenter() -> None:
+    view = View(prepared={"DC1": "[]"})
+    assert view.prepared == {"dc1": "[]"} and view == View(prepared={"dc1": "[]"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dnsd.sources.static import StaticSource
+from dnsd.sources.static import StaticSettings, StaticSource
 from tests.perf import bench, dnsperf, instructions, scale
 from tests.perf.workload import ForwardZone, Registry, query_file, random_mix
 
@@ -21,7 +21,7 @@ TINY = Registry(services=3, instances=2)
 def test_dnsd_file_loads_through_the_static_source(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text(TINY.dnsd_toml())
-    view = StaticSource(str(path), "bench", "dc1").load()
+    view = StaticSource(str(path), StaticSettings("bench", "dc1")).load()
     assert sorted((i.service, i.address, i.port) for i in view.instances) == [
         ("svc00000", "10.0.0.1", 20000), ("svc00000", "10.0.0.2", 20001),
         ("svc00001", "10.0.0.3", 20000), ("svc00001", "10.0.0.4", 20001),
@@ -35,7 +35,7 @@ def test_json_file_holds_the_same_instances_as_toml(tmp_path: Path) -> None:
     assert as_json == as_toml
     path = tmp_path / "s.json"
     path.write_text(TINY.dnsd_json())
-    assert len(StaticSource(str(path), "bench", "dc1").load().instances) == 6
+    assert len(StaticSource(str(path), StaticSettings("bench", "dc1")).load().instances) == 6
 
 
 def test_dnsmasq_records_match_the_dnsd_records() -> None:

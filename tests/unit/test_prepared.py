@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dnsd.model import Health, Instance, View
+from dnsd.model import Health, Instance, Node, View
 from dnsd.prepared import (
     PreparedQuery,
     QuerySet,
@@ -109,7 +109,7 @@ BAD_OR_PARTLY_SUPPORTED = [
     (definition(name="q", template="name_prefix_match", tags=["${match(x)}"]), False,
      "unknown interpolation"),
     (definition(name="q", tags="primary"), False, "Service.Tags is not a list"),  # type: ignore[arg-type]
-    (definition(name="q", NodeMeta={"rack": "r1"}), False, "NodeMeta"),
+    (definition(name="q", NodeMeta={"rack": 1}), False, "NodeMeta is not a map of strings"),
     (definition(name="q", Connect=True), False, "Connect"),
     (definition(name="q", Peer="other"), False, "Peer"),
     (definition(name="q", Namespace="team-a"), False, "Namespace"),
@@ -297,7 +297,9 @@ TABLE = build_snapshot(1, {"consul": View((
     inst("api", "a3", "dc3", tags=("v1",)),
     inst("api", "a4", "dc4"),
     inst("db", "d3", "dc3", health=Health.WARNING),
-))}, "dc1")
+), nodes=(Node("node-w1", "dc1", "10.0.0.1", {"rack": "r1"}),
+          Node("node-w3", "dc1", "10.0.0.1", {"rack": "r2", "zone": "b"}),
+          Node("node-a4", "dc4", "10.0.0.1", {"rack": "r2"})))}, "dc1")
 
 
 def ids(found: Any) -> set[str] | None:
@@ -316,6 +318,14 @@ RESOLVE = [
     ([definition(name="q", ServiceMeta={"env": "prod"})], "q", {}, {"w5"}, "dc1", 0),
     ([definition(name="q", ServiceMeta={"env": "dev"})], "q", {}, None, None, None),
     ([definition(name="q", tags=["nope"])], "q", {}, None, None, None),
+    # NodeMeta: the instance's node carries every listed value
+    ([definition(name="q", NodeMeta={"rack": "r1"})], "q", {}, {"w1"}, "dc1", 0),
+    ([definition(name="q", NodeMeta={"rack": "r2", "zone": "b"})], "q", {}, {"w3"}, "dc1", 0),
+    ([definition(name="q", NodeMeta={"rack": "R1"})], "q", {}, None, None, None),
+    ([definition(name="q", service="api", NodeMeta={"rack": "r2"},
+                 datacenters=["dc3", "dc4"])], "q", {}, {"a4"}, "dc4", 2),
+    ([definition(name="rack-", NodeMeta={"rack": "${name.suffix}"},
+                 template="name_prefix_match")], "rack-r2", {}, {"w3"}, "dc1", 0),
     ([definition(name="q")], "Q", {}, {"w1", "w2", "w3", "w5"}, "dc1", 0),
     ([definition(name="q")], "other", {}, None, None, None),
     # Failover: the asked datacenter has nothing healthy; the first listed one

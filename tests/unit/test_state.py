@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dnsd.errors import StateFileError
-from dnsd.model import Health, Instance, Node, View
+from dnsd.model import Health, Instance, Node, ServiceAddress, View
 from dnsd.state import FILE_NAME, StateSaver, encode_views, load_views, save_views
 
 VIEWS = {
@@ -19,11 +19,15 @@ VIEWS = {
             Instance("web", "node1", "dc1", id="web-1", node_address="10.0.0.1", port=80,
                      tags=("v1", "http"), health=Health.WARNING, weight_passing=3,
                      weight_warning=1, meta={"version": "1.2"}),
-            Instance("db", "node2", "dc2", address="2001:db8::5", port=5432),
+            Instance("db", "node2", "dc2", address="2001:db8::5", port=5432,
+                     tagged_addresses={"wan": ServiceAddress("198.51.100.5", 15432)}),
             Instance("ext", "node3", "dc1", address="db.example.com", port=1),
         ),
-        nodes=(Node("node1", "dc1", "10.0.0.1", {"rack": "r1"}), Node("lonely", "dc1", "")),
-        local_datacenter="dc1"),
+        nodes=(Node("node1", "dc1", "10.0.0.1", {"rack": "r1"},
+                    {"lan_ipv6": "fd00::1", "wan": "198.51.100.1"}),
+               Node("lonely", "dc1", "")),
+        local_datacenter="dc1",
+        prepared={"dc1": '[{"ID": "q1", "Service": {"Service": "web"}}]'}),
     "zookeeper:zk1:2181/services": View(
         instances=(Instance("cache", "host-a", "dc1", node_address="10.1.0.1", port=6379),)),
 }
@@ -44,6 +48,22 @@ def test_node_meta_is_optional_in_older_files(tmp_path: Path) -> None:
     _write(tmp_path, json.dumps(data).encode())
     nodes = load_views(str(tmp_path))["consul:http://127.0.0.1:8500"].nodes
     assert [dict(n.meta) for n in nodes] == [{}, {}]
+
+
+def test_tagged_addresses_and_prepared_queries_are_optional_in_older_files(
+        tmp_path: Path) -> None:
+    data = _valid()
+    views = data["views"]
+    assert isinstance(views, dict)
+    for view in views.values():
+        view.pop("prepared")
+        for entry in (*view["instances"], *view["nodes"]):
+            entry.pop("tagged_addresses")
+    _write(tmp_path, json.dumps(data).encode())
+    loaded = load_views(str(tmp_path))["consul:http://127.0.0.1:8500"]
+    assert not loaded.prepared
+    assert not any(i.tagged_addresses for i in loaded.instances)
+    assert not any(n.tagged_addresses for n in loaded.nodes)
 
 
 def test_values_are_hashable_and_frozen() -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dnsd.config import load_config
 from dnsd.model import AddressKind
+from dnsd.sources.registry import zookeeper_settings
 from dnsd.sources.zookeeper import (
     ZooKeeperSource,
     endpoint_from_name,
@@ -145,6 +146,18 @@ def test_node_from_json_or_attrs() -> None:
     assert "node" in bad.problem
 
 
+def test_node_meta_from_node_meta_attrs() -> None:
+    # What registrator writes for SERVICE_NODE_META_RACK=r1 and SERVICE_NODE=host1.
+    parsed = parse_instance("web", "10.0.0.5:8080", body(Attrs={
+        "node": "host1", "node_meta_rack": "r1", "node_meta_": "no key", "version": "2"}), "dc1")
+    assert parsed.instance is not None and parsed.instance.node == "host1"
+    assert dict(parsed.node_meta) == {"rack": "r1"}
+    # The attributes stay the instance's meta, as they were before.
+    assert dict(parsed.instance.meta) == {"node": "host1", "node_meta_rack": "r1",
+                                          "node_meta_": "no key", "version": "2"}
+    assert dict(parse_instance("web", "10.0.0.5:8080", body(), "dc1").node_meta) == {}
+
+
 def test_bad_tags_and_attrs_are_dropped_not_fatal() -> None:
     parsed = parse_instance("web", "10.0.0.5:8080",
                             body(Tags="http", Attrs=["x"]), "dc1")
@@ -161,14 +174,14 @@ def test_bad_tags_and_attrs_are_dropped_not_fatal() -> None:
 
 def test_source_name_base_and_datacenter() -> None:
     config = load_config(["--zookeeper", "zk1:2181,zk2:2181/services", "--datacenter", "east"])
-    source = ZooKeeperSource(config)
+    source = ZooKeeperSource(zookeeper_settings(config))
     assert source.name == "zookeeper:zk1:2181,zk2:2181/services"
     assert (source.hosts, source.base, source.datacenter) == (
         "zk1:2181,zk2:2181", "/services", "east")
     config = load_config(["--zookeeper", "zk1/services", "--zookeeper-datacenter", "zk"])
-    assert ZooKeeperSource(config).datacenter == "zk"
+    assert ZooKeeperSource(zookeeper_settings(config)).datacenter == "zk"
     with pytest.raises(ValueError, match="zookeeper"):
-        ZooKeeperSource(load_config([]))
+        zookeeper_settings(load_config([]))
 
 
 @given(service=st.text(max_size=70), child=st.text(max_size=80), data=st.binary(max_size=200))
@@ -187,3 +200,16 @@ def test_parse_never_raises(service: str, child: str, data: bytes) -> None:
 def test_parse_any_json_shape(fields: dict[str, object]) -> None:
     parsed = parse_instance("web", "10.0.0.5:8080", json.dumps(fields).encode(), "dc1")
     assert parsed.instance is not None  # the name always rescues it
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"[" * 50_000, "nested too deeply"),
+    (b'{"Tags": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
+    (b'{"IP": "10.0.0.7", "PublicPort": 9000, "Attrs": {"k": "' + b"x" * 70_000 + b'"}}',
+     "more than"),
+])
+def test_hostile_data_falls_back_to_the_name(data: bytes, problem: str) -> None:
+    parsed = parse_instance("web", "10.0.0.5:8080", data, "dc1")
+    assert parsed.instance is not None
+    assert (parsed.instance.address, parsed.instance.port) == ("10.0.0.5", 8080)
+    assert problem in parsed.problem
