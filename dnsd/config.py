@@ -448,6 +448,7 @@ examples:
   dnsd --static services.toml                   serve a services file on 127.0.0.1:8600
   dnsd --consul http://127.0.0.1:8500 --listen 127.0.0.1:53 --listen 172.17.0.1:53
   dnsd --zookeeper zk1:2181,zk2:2181/services --upstream 10.0.0.2
+  dnsd --docker --listen 172.17.0.1:53 --freebind   this host's containers, no registry
   dnsd check --config /etc/dnsd/dnsd.toml      validate, then exit 0 or 2
   dnsd table --metrics 127.0.0.1:9153           what a running dnsd serves
 
@@ -463,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dnsd",
         usage="dnsd [check] [--config FILE] [options]",
         description="DNS server for service lookup: answers <name>.service[.<dc>].<domain> "
-                    "from memory, fed by Consul, ZooKeeper and static files; forwards the rest.",
+                    "from memory, fed by Consul, ZooKeeper, the Docker engine and static files; "
+                    "forwards the rest.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,

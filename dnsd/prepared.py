@@ -6,7 +6,7 @@ choosing which query a name ``<name-or-id>.query`` selects; rendering
 templates; and evaluating the chosen query against a :class:`Snapshot`,
 failover included, as Consul's ``PreparedQuery.Execute`` does. Pure: no I/O,
 no clock, nothing shared is mutated. Imports: ``model`` and the standard
-library only (``table`` for its types).
+library only.
 
 Which query a name selects (Consul's ``PreparedQueryResolve``), the name being
 lower-cased first as Consul's DNS does: a query whose ID it is; else the query
@@ -55,12 +55,27 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from dnsd.model import Health, Instance
+from dnsd.model import Health, Instance, Node
 
-if TYPE_CHECKING:  # the table holds parsed query sets: it imports this module
-    from dnsd.table import Snapshot
+
+class Snapshot(Protocol):
+    """What evaluation reads of the table's snapshot (``table.Snapshot`` is
+    one). A protocol rather than an import: the table holds parsed query sets,
+    so it imports this module, and the dependency runs one way."""
+
+    @property
+    def local_datacenter(self) -> str: ...
+
+    @property
+    def datacenters(self) -> frozenset[str]: ...
+
+    @property
+    def services(self) -> Mapping[tuple[str, str], tuple[Instance, ...]]: ...
+
+    @property
+    def nodes(self) -> Mapping[tuple[str, str], Node]: ...
 
 TEMPLATE_TYPE = "name_prefix_match"
 """The only ``Template.Type`` Consul knows."""

@@ -403,3 +403,6 @@ def test_dnsd_without_its_engine_says_why(lab: Lab, tmp_path: Path) -> None:
             assert exc.code == 503
         else:
             raise AssertionError("ready without any view")
+        # Names it could answer are not yet known: SERVFAIL, which resolvers do
+        # not cache as they would an authoritative NXDOMAIN.
+        assert alone.query("web.service.consul").rcode() == dns.rcode.SERVFAIL

@@ -16,7 +16,13 @@ import pytest
 from dnsd.build import Parts, build
 from dnsd.config import load_config
 from tests.conftest import BIG, SERVICES
-from tests.integration.test_dns_cases import CASES, NESTED, Case, check_reply
+from tests.integration.test_dns_cases import (
+    CASES,
+    NESTED,
+    Case,
+    check_reply,
+    over_each_transport,
+)
 
 # The same options as the processes the integration table asks (tests/conftest.py
 # and the ``nested`` fixture there), without the listen address.
@@ -54,15 +60,14 @@ def _ask(parts: Parts, case: Case, tcp: bool) -> dns.message.Message:
     return dns.message.from_wire(reply)
 
 
-@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize(("case", "tcp"), over_each_transport(CASES))
 def test_case(main: Parts, case: Case, tcp: bool) -> None:
     check_reply(_ask(main, case, tcp), case)
 
 
-@pytest.mark.parametrize("case", NESTED, ids=str)
-def test_nested_case(nested: Parts, case: Case) -> None:
-    check_reply(_ask(nested, case, False), case)
+@pytest.mark.parametrize(("case", "tcp"), over_each_transport(NESTED))
+def test_nested_case(nested: Parts, case: Case, tcp: bool) -> None:
+    check_reply(_ask(nested, case, tcp), case)
 
 
 class BrokenAnswerer:
