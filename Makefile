@@ -26,7 +26,7 @@ PIP := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
 .PHONY: run test test-docker deps bench-deps venv lint lock bench bench-scale clean
 
 # dnsd and what it needs to run (make run); the test tools come on top (make test).
-$(BIN)/dnsd: pyproject.toml $(CONSTRAINTS)
+$(BIN)/dnsd: pyproject.toml $(CONSTRAINTS) dnsd/_fastudp.c
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) || { $(MAKE) deps && $(PYTHON) -m venv $(VENV); }
 	$(PIP) -e .
 	@touch $@
