@@ -195,7 +195,8 @@ def build_image(engine: Engine, tag: str = "dnsd:local") -> Build:
     base_seconds = time.monotonic() - started
     started = time.monotonic()
     result = engine.build(ROOT, tag, dockerfile=ROOT / "docker" / "Dockerfile",
-                          build_args={"BASE": base, "VERSION": __version__})
+                          build_args={"BASE": base, "BUILDER": base,
+                                      "VERSION": __version__})
     seconds = time.monotonic() - started
     size = int(engine.docker("image", "inspect", "-f", "{{.Size}}", tag).stdout.strip())
     return Build(tag, seconds, base_seconds, size, result.stdout + result.stderr)

@@ -154,7 +154,9 @@ def test_dockerfile_shape(dockerfile: Dockerfile, help_flags: set[str]) -> None:
     # The base: an argument pinned by Debian codename, the same for both stages.
     args = dict(a.split("=", 1) for a in dockerfile.all("ARG", final_only=False) if "=" in a)
     assert re.fullmatch(r"python:3\.1[1-9]-slim-bookworm", args["BASE"]), args["BASE"]
-    assert dockerfile.all("FROM", final_only=False) == ["${BASE} AS build", "${BASE}"]
+    assert dockerfile.all("FROM", final_only=False) == ["${BUILDER} AS build", "${BASE}"]
+    # The build stage is the same Python with a compiler (the compiled UDP loop).
+    assert args["BUILDER"] == args["BASE"].replace("-slim", ""), args["BUILDER"]
     assert args["VERSION"] == __version__
     labels = " ".join(dockerfile.all("LABEL"))
     for key in ("title", "description", "licenses", "version", "base.name"):

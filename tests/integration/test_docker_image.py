@@ -230,7 +230,8 @@ def test_classic_builder_builds_the_image(dnsd_image: Build, docker_lab: DockerL
     base = base_image(docker_lab.engine)
     result = subprocess.run(
         [DOCKER, "build", "--network", "none", "-f", "docker/Dockerfile",
-         "--build-arg", f"BASE={base}", "-t", "dnsd:classic", "."],
+         "--build-arg", f"BASE={base}", "--build-arg", f"BUILDER={base}",
+         "-t", "dnsd:classic", "."],
         cwd=ROOT, env={**docker_lab.engine.env, "DOCKER_BUILDKIT": "0"},
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
