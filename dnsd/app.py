@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -40,6 +42,16 @@ from dnsd.status import SourceStatus, StatusBoard
 from dnsd.table import Table
 
 log = logging.getLogger("dnsd")
+
+
+def release_memory() -> None:
+    """Hand memory freed after a large parse back to the system: a services
+    file of 100k entries leaves tens of megabytes of freed parser objects in
+    the C allocator's heap, which glibc keeps unless asked (``malloc_trim``).
+    A no-op where there is no glibc."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 SHUTDOWN_GRACE = 2.0
 SOURCE_RESTART_DELAY = 1.0
@@ -115,6 +127,7 @@ class App:
         for static in self._parts.static_sources:  # a bad file stops the start
             self.board.publish(static.name, static.load())
         self._restore_state()  # before binding: the first answers already use it
+        release_memory()  # what parsing the files and the saved table left behind
         try:
             await self._bind_all()
         except BaseException:

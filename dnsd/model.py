@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -248,6 +249,14 @@ class Instance:
         object.__setattr__(self, "address_kind", kind)
         object.__setattr__(self, "node_address", node_address)
         object.__setattr__(self, "node_address_kind", node_kind)
+        # One copy of each repeated string: a table of 100k instances otherwise
+        # holds 100k copies of "dc1", of each node name and of each tag.
+        object.__setattr__(self, "service", sys.intern(self.service))
+        object.__setattr__(self, "node", sys.intern(self.node))
+        object.__setattr__(self, "datacenter", sys.intern(self.datacenter))
+        if node_address:
+            object.__setattr__(self, "node_address", sys.intern(node_address))
+        object.__setattr__(self, "tags", tuple(sys.intern(t) for t in self.tags))
         if not self.id:
             object.__setattr__(self, "id", f"{self.service}-{address or node_address}-{self.port}")
 
