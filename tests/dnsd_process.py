@@ -53,7 +53,11 @@ class DnsdProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if wait:
-            self.wait_listening(timeout)
+            try:
+                self.wait_listening(timeout)
+            except BaseException:
+                self.stop()  # a process that never listened is not left behind
+                raise
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
