@@ -319,7 +319,7 @@ class UdpSocket:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         if FASTUDP is not None and compiled is not False:
             self.reader = FASTUDP.Reader(sock.fileno(), _BATCH, _MAX_QUERY, pktinfo, self.v6)
-            self.fallback = self._handle_one_pktinfo if pktinfo else self._handle_one
+            self.fallback = self._handle_one
             self.loop.add_reader(sock.fileno(), self._readable_batched)
         elif pktinfo:
             self.loop.add_reader(sock.fileno(), self._readable_pktinfo)
@@ -365,24 +365,13 @@ class UdpSocket:
             count, code = reader.take_errors()
             log.debug("udp send failed for %d replies: %s", count, os.strerror(code))
 
-    def _handle_one(self, data: bytes, addr: Any) -> bytes | None:
+    def _handle_one(self, data: bytes, addr: Any,
+                    cmsg: list[tuple[int, int, bytes]] | None = None) -> bytes | None:
         """One datagram the compiled loop did not answer itself: the handler's
-        reply to send now, or None (dropped, or sent when it is ready)."""
-        try:
-            reply = self.handle(data, addr[0], False, addr[1])
-        except Exception:  # the handler answers SERVFAIL itself; this is a last guard
-            log.exception("unexpected error handling a packet from %s", addr[0])
-            return None
-        if reply is None or isinstance(reply, bytes):
-            return reply
-        self.tasks.spawn(self._send_later(reply, addr, None))
-        return None
-
-    def _handle_one_pktinfo(self, data: bytes, addr: Any,
-                            cmsg: list[tuple[int, int, bytes]]) -> bytes | None:
-        """As :meth:`_handle_one`, on a wildcard address: ``cmsg`` is what
-        :meth:`_reply_cmsg` makes of the datagram's pktinfo, for a reply the
-        handler sends later (the compiled loop sends the others with it)."""
+        reply to send now, or None (dropped, or sent when it is ready). On a
+        wildcard address ``cmsg`` is what :meth:`_reply_cmsg` makes of the
+        datagram's pktinfo, for a reply the handler sends later (the compiled
+        loop sends the others with it)."""
         try:
             reply = self.handle(data, addr[0], False, addr[1])
         except Exception:  # the handler answers SERVFAIL itself; this is a last guard
