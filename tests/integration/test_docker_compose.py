@@ -67,37 +67,48 @@ class Demo:
                               stdin=subprocess.DEVNULL)
 
 
-def moved_demo(folder: Path, subnet: Subnet, dns_port: int, metrics_port: int) -> Path:
-    """The static demo's files in ``folder``, on ``subnet`` and the given host ports."""
+def moved_demo(name: str, demo_subnet: str, folder: Path, subnet: Subnet, dns_port: int,
+               metrics_port: int, socket: Path | None = None) -> Path:
+    """Demo ``name`` (``compose.<name>.yml``, and its services file if it has one)
+    in ``folder``: on ``subnet`` instead of ``demo_subnet``, on the given host
+    ports and, with ``socket``, with the private engine's socket mounted where
+    the engine's usually is."""
     prefix = str(subnet.network.network_address).rsplit(".", 1)[0] + "."
-    text = (DOCKER / "compose.static.yml").read_text()
-    assert DEMO_SUBNET + "0/24" in text
-    text = text.replace(DEMO_SUBNET, prefix)
+    text = (DOCKER / f"compose.{name}.yml").read_text()
+    assert demo_subnet + "0/24" in text
+    text = text.replace(demo_subnet, prefix)
     text = text.replace("127.0.0.1:8600:", f"127.0.0.1:{dns_port}:")
     text = text.replace("127.0.0.1:9153:", f"127.0.0.1:{metrics_port}:")
+    if socket is not None:
+        assert f"{ENGINE_SOCKET}:{ENGINE_SOCKET}:ro" in text
+        text = text.replace(f"- {ENGINE_SOCKET}:", f"- {socket}:")
     doc = yaml.safe_load(text)
     doc["networks"]["demo"]["driver_opts"] = {"com.docker.network.bridge.name": subnet.bridge}
-    compose_file = folder / "compose.static.yml"
+    compose_file = folder / f"compose.{name}.yml"
     compose_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    services = (DOCKER / "compose.static.services.toml").read_text()
-    (folder / "compose.static.services.toml").write_text(services.replace(DEMO_SUBNET, prefix))
+    services = DOCKER / f"compose.{name}.services.toml"
+    if services.exists():
+        (folder / services.name).write_text(services.read_text().replace(demo_subnet, prefix))
     return compose_file
 
 
-@pytest.fixture(scope="module")
-def demo(dnsd_image: Build, docker_lab: DockerLab,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+def running_demo(name: str, demo_subnet: str, docker_lab: DockerLab,
+                 tmp_path_factory: pytest.TempPathFactory,
+                 mount_engine: bool = False) -> Iterator[Demo]:
+    """Demo ``name`` brought up with docker-compose 1.29 on the session's engine
+    and the locally built image; brought down afterwards."""
     if COMPOSE is None:
         pytest.skip("COMPOSE NOT RUN: docker-compose missing; apt-get install docker-compose")
     engine = docker_lab.engine
-    engine.docker("tag", BUSYBOX, "busybox:1.36")   # the demo's image, without a registry
+    engine.docker("tag", BUSYBOX, "busybox:1.36")   # the demos' image, without a registry
     subnet = reserve_subnet()
-    folder = tmp_path_factory.mktemp("compose") / "docker"
+    folder = tmp_path_factory.mktemp(f"compose-{name}") / "docker"
     folder.mkdir()
     dns_port, metrics_port = free_port(), free_port()
-    compose_file = moved_demo(folder, subnet, dns_port, metrics_port)
-    demo = Demo(engine, [COMPOSE, "-p", "dnsdt-demo", "-f", str(compose_file)], dns_port,
-                metrics_port, subnet)
+    compose_file = moved_demo(name, demo_subnet, folder, subnet, dns_port, metrics_port,
+                              engine.socket if mount_engine else None)
+    demo = Demo(engine, [COMPOSE, "-p", f"dnsdt-{name}-demo", "-f", str(compose_file)],
+                dns_port, metrics_port, subnet)
     try:
         up = demo.compose("up", "-d", "--no-build")
         assert up.returncode == 0, up.stdout + up.stderr
@@ -106,6 +117,12 @@ def demo(dnsd_image: Build, docker_lab: DockerLab,
         down = demo.compose("down", "--volumes", "--timeout", "0")
         subnet.release()
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.fixture(scope="module")
+def demo(dnsd_image: Build, docker_lab: DockerLab,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    yield from running_demo("static", DEMO_SUBNET, docker_lab, tmp_path_factory)
 
 
 def test_static_demo_spreads_requests_over_three_web_containers(demo: Demo) -> None:
@@ -139,46 +156,11 @@ def test_static_demo_from_the_host(demo: Demo) -> None:
 
 # --- the Docker demo: dnsd --docker the only discovery component ----------------------
 
-def moved_docker_demo(folder: Path, subnet: Subnet, dns_port: int, metrics_port: int,
-                      socket: Path) -> Path:
-    """The Docker demo's file in ``folder``: on ``subnet``, the given host ports,
-    and the private engine's socket mounted where the engine's usually is."""
-    prefix = str(subnet.network.network_address).rsplit(".", 1)[0] + "."
-    text = (DOCKER / "compose.docker.yml").read_text()
-    assert DOCKER_DEMO_SUBNET + "0/24" in text and f"{ENGINE_SOCKET}:{ENGINE_SOCKET}:ro" in text
-    text = text.replace(DOCKER_DEMO_SUBNET, prefix)
-    text = text.replace("127.0.0.1:8600:", f"127.0.0.1:{dns_port}:")
-    text = text.replace("127.0.0.1:9153:", f"127.0.0.1:{metrics_port}:")
-    text = text.replace(f"- {ENGINE_SOCKET}:", f"- {socket}:")
-    doc = yaml.safe_load(text)
-    doc["networks"]["demo"]["driver_opts"] = {"com.docker.network.bridge.name": subnet.bridge}
-    compose_file = folder / "compose.docker.yml"
-    compose_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return compose_file
-
-
 @pytest.fixture(scope="module")
 def docker_demo(dnsd_image: Build, docker_lab: DockerLab,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    if COMPOSE is None:
-        pytest.skip("COMPOSE NOT RUN: docker-compose missing; apt-get install docker-compose")
-    engine = docker_lab.engine
-    engine.docker("tag", BUSYBOX, "busybox:1.36")
-    subnet = reserve_subnet()
-    folder = tmp_path_factory.mktemp("compose-docker") / "docker"
-    folder.mkdir()
-    dns_port, metrics_port = free_port(), free_port()
-    compose_file = moved_docker_demo(folder, subnet, dns_port, metrics_port, engine.socket)
-    demo = Demo(engine, [COMPOSE, "-p", "dnsdt-docker-demo", "-f", str(compose_file)],
-                dns_port, metrics_port, subnet)
-    try:
-        up = demo.compose("up", "-d", "--no-build")
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield demo
-    finally:
-        down = demo.compose("down", "--volumes", "--timeout", "0")
-        subnet.release()
-        assert down.returncode == 0, down.stdout + down.stderr
+    yield from running_demo("docker", DOCKER_DEMO_SUBNET, docker_lab, tmp_path_factory,
+                            mount_engine=True)
 
 
 def client_spread(demo: Demo, wanted: set[str]) -> dict[str, int]:
