@@ -346,7 +346,7 @@ class ZooKeeperSource:
         client = KazooClient(hosts=self.hosts, timeout=self.session_timeout,
                              connection_retry=retry, logger=_kazoo_log)
         submitter: ClientThreads[Any] = ClientThreads(lambda: client, "zookeeper-reads", 1)
-        watcher = self._watcher = _Watcher(self, client, submitter, sink, loop)
+        watcher = self._watcher = _Watcher(self, submitter, sink, loop)
         client.add_listener(watcher.kazoo_state)
         grace = loop.call_later(self.connect_grace, watcher.connect_overdue)
         try:
@@ -380,10 +380,9 @@ class _Watcher:
     the read completions, which only hop to the loop.
     """
 
-    def __init__(self, source: ZooKeeperSource, client: Any, submitter: ClientThreads[Any],
+    def __init__(self, source: ZooKeeperSource, submitter: ClientThreads[Any],
                  sink: Sink, loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
-        self._client = client
         self._submitter = submitter
         self._loop = loop
         self.base = source.base
