@@ -7,7 +7,7 @@ collector on a registry of our own (no global registration), beside
 prometheus-client's process and platform collectors and ``dnsd_build_info``.
 The HTTP server is a few lines of asyncio: a handful of GET endpoints need no
 framework. Imports: prometheus-client, ``model``, ``stats``, ``table``,
-``tableview``, ``sources.base``.
+``status``, ``tableview``, ``sources.base``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,6 +39,7 @@ from dnsd import __version__
 from dnsd.model import View
 from dnsd.sources.base import Gauge, SourceState
 from dnsd.stats import LATENCY_BUCKETS, QueryStats
+from dnsd.status import SourceStatus
 from dnsd.table import Table
 from dnsd.tableview import table_html, table_json
 
@@ -50,19 +51,13 @@ QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT",
           28: "AAAA", 33: "SRV", 65: "HTTPS", 255: "ANY"}
 
 
-class StatusLike(Protocol):
-    state: SourceState
-    reason: str
-    has_data: bool
-
-
 @dataclass
 class MetricsInputs:
     """Everything the endpoint reads, as callables so values are read at scrape time."""
 
     stats: QueryStats
     table: Table
-    statuses: Callable[[], Mapping[str, StatusLike]]
+    statuses: Callable[[], Mapping[str, SourceStatus]]
     ready: Callable[[], tuple[bool, str]]
     forwarder_stats: Callable[[], Any | None] = lambda: None
     # (upstream, up, queries, failures) per upstream, and forward-cache entries

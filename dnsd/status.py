@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dnsd.model import View
@@ -85,9 +85,6 @@ class StatusBoard:
         if waiting:
             return False, "waiting for " + ", ".join(sorted(waiting))
         return True, "ok"
-
-    def names(self) -> Iterable[str]:
-        return self.statuses.keys()
 
     @staticmethod
     def _swapped(snapshot: Snapshot) -> None:

@@ -10,7 +10,7 @@ I/O. The JSON is the contract the other two are drawn from::
                    "instances": [{"id", "address", "port", "tags", "node", "health",
                                   "source"}]}]}
 
-Imports: ``model``, ``table``, ``sources.base``.
+Imports: ``model``, ``status``, ``table``.
 """
 
 from __future__ import annotations
@@ -18,20 +18,15 @@ from __future__ import annotations
 import datetime
 import html
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from dnsd.model import View
-from dnsd.sources.base import SourceState
+from dnsd.status import SourceStatus
 from dnsd.table import Snapshot
 
 
-class StatusLike(Protocol):
-    state: SourceState
-    reason: str
-
-
 def table_json(snapshot: Snapshot, views: Mapping[str, View],
-               statuses: Mapping[str, StatusLike], ready: bool = True) -> dict[str, Any]:
+               statuses: Mapping[str, SourceStatus], ready: bool = True) -> dict[str, Any]:
     """The table as the ``/v1/table`` object (see the module docstring)."""
     origin: dict[tuple[str, str, str], str] = {}
     for source in sorted(views):  # the table keeps the first source's copy of an id
